@@ -1,0 +1,270 @@
+"""RetinaNet post-processing as explicit ONNX nodes (no exporter tracing of NMS).
+
+The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in float32:
+
+1. per FPN level ``l`` (static ``n_l = H_l·W_l·A`` anchors, ``C`` classes):
+   ``s = sigmoid(cls_l)`` flattened to ``[B, n_l·C]`` (anchor-major, class-minor), ``TopK`` with a
+   static ``k_l = min(pre_nms_topk, n_l·C)``, ``anchor = idx div C``, ``class = idx - anchor·C``;
+   the anchor's deltas (``GatherND``, batch_dims 1) and the anchor's centre/size (``Gather`` from
+   constants computed once from :func:`swdet.models.anchors.generate_anchors`);
+2. over the concatenated candidates ``[B, N]`` (N = Σ k_l), box decoding with the
+   :class:`swdet.boxes.BoxCoder` parameterization
+   ``c = d_xy / w_xy · size + ctr``, ``wh = exp(min(d_wh / w_wh, clip)) · size``,
+   ``box = (c - wh/2, c + wh/2)`` and clipping to ``[0, S]``;
+3. the score threshold ``score > θ`` applied explicitly (``Greater``) so the semantics do not
+   depend on how an NMS implementation compares;
+4. ``--nms onnx``: class-aware NMS with the standard ``NonMaxSuppression`` op. Each candidate is one
+   (anchor, class) pair, so the scores go in as ``[B, C, N]`` with the candidate's score in its own
+   class row and -1 elsewhere: one NMS call handles every image and class, each class
+   independently (what torchvision's ``batched_nms`` emulates with coordinate offsets, without
+   the offsets' float32 rounding on large coordinates). ``max_output_boxes_per_class = max_det``
+   is exact: a class's (max_det+1)-th survivor can never be among an image's best ``max_det``.
+   The selected ``(batch, class, box)`` triples become a dense ``[B, N]`` score map (``ScatterND``
+   into -1), ``TopK`` keeps the ``K = min(max_det, N)`` best per image, rows that hold no
+   detection are zeroed and everything is padded to ``max_det``: no loops, static output shapes;
+5. ``--nms efficient``: the same candidates go to TensorRT's ``EfficientNMS_TRT`` plugin as
+   decoded boxes ``[B, N, 4]`` and one-hot scores ``[B, N, C]`` (the candidate's score in its class
+   column, 0 elsewhere); its outputs are masked again with ``score > θ``
+   (see :data:`EFFICIENT_NMS_DIFFERENCES`).
+
+ONNX Runtime's CPU ``NonMaxSuppression`` (non_max_suppression.cc / non_max_suppression_helper.h)
+keeps a box when ``score > score_threshold`` and suppresses when ``IoU > iou_threshold``, the same
+strict comparisons as torch (``scores > θ``) and torchvision's NMS (``IoU > iou``); TensorRT's NMS
+layer documents the same ("score above a threshold", kept while "IoU less than or equal").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+TRT_DOMAIN = "TRT"
+EFFICIENT_NMS_OP = "EfficientNMS_TRT"
+OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_classes")
+
+EFFICIENT_NMS_DIFFERENCES = """\
+EfficientNMS_TRT versus the torch/ONNX post-processing (same candidates, same threshold):
+- the plugin keeps score >= threshold; the graph pre-masks score > θ and masks its outputs
+  again, so the threshold semantics are those of torch (score > θ);
+- the plugin suppresses a box when IoU >= iou_threshold (torch and NonMaxSuppression: IoU > iou);
+  only pairs with an IoU of exactly the threshold differ;
+- the plugin sorts at most the 4096 best (candidate, class) scores per image before NMS; the
+  onnx path sees all N candidates. Only matters when more than 4096 candidates pass θ and one
+  beyond the 4096th would have been among the best max_det survivors;
+- score ties may be ordered differently (unspecified in both);
+- runs only in TensorRT (the plugin is not an ONNX Runtime op)."""
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One FPN level of the network's outputs: ``cls [B, n, C]`` and ``box [B, n, 4]``."""
+
+    cls_name: str
+    box_name: str
+    num_anchors: int  # n = H·W·A
+    topk: int  # k = min(pre_nms_topk, n·C)
+
+
+class GraphBuilder:
+    """Appends nodes and initializers with unique names under a prefix."""
+
+    def __init__(self, prefix: str = "post"):
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}/{hint}_{self._count}"
+
+    def const(self, value, dtype=None, hint: str = "const") -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = self._name(hint)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def i64(self, values, hint: str = "i64") -> str:
+        return self.const(np.asarray(values, dtype=np.int64), hint=hint)
+
+    def f32(self, values, hint: str = "f32") -> str:
+        return self.const(np.asarray(values, dtype=np.float32), hint=hint)
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, hint: str | None = None,
+           domain: str = "", **attrs):
+        name = self._name(hint or op_type.lower())
+        outs = outputs if isinstance(outputs, list) else [f"{name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+
+def anchor_constants(anchors_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ctr [n, 2], size [n, 2])`` float32 exactly as :meth:`BoxCoder.decode` computes them:
+    ``aw = x2 - x1``, ``ah = y2 - y1``, ``ax = x1 + 0.5·aw``, ``ay = y1 + 0.5·ah``."""
+    a = np.asarray(anchors_xyxy, dtype=np.float32)
+    aw = a[:, 2] - a[:, 0]
+    ah = a[:, 3] - a[:, 1]
+    ax = a[:, 0] + np.float32(0.5) * aw
+    ay = a[:, 1] + np.float32(0.5) * ah
+    return np.stack([ax, ay], 1).astype(np.float32), np.stack([aw, ah], 1).astype(np.float32)
+
+
+def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.ndarray], *,
+                     num_classes: int, imgsz: int, box_weights=(1.0, 1.0, 1.0, 1.0),
+                     box_clip: float) -> tuple[str, str, str]:
+    """Per-level top-k and decoding; returns ``(boxes [B,N,4] f32, scores [B,N] f32,
+    classes [B,N] int64)``."""
+    c = num_classes
+    c_i64 = g.i64(c, "num_classes")
+    deltas, ctrs, sizes, scores, classes = [], [], [], [], []
+    for lvl, anc in zip(levels, anchors):
+        n, k = lvl.num_anchors, lvl.topk
+        ctr, size = anchor_constants(anc)
+        prob = g.op("Sigmoid", [lvl.cls_name], hint="sigmoid")
+        flat = g.op("Reshape", [prob, g.i64([-1, n * c], "flat_shape")], hint="flatten")
+        top_s, top_i = g.op("TopK", [flat, g.i64([k], "pre_nms_topk")], 2, hint="level_topk",
+                            axis=1, largest=1, sorted=1)
+        anchor_idx = g.op("Div", [top_i, c_i64], hint="anchor_idx")  # non-negative: floor division
+        cls = g.op("Sub", [top_i, g.op("Mul", [anchor_idx, c_i64])], hint="class_idx")
+        d = g.op("GatherND", [lvl.box_name, g.op("Unsqueeze", [anchor_idx, g.i64([-1])])],
+                 hint="gather_deltas", batch_dims=1)
+        deltas.append(d)
+        ctrs.append(g.op("Gather", [g.f32(ctr, "anchor_ctr"), anchor_idx], hint="gather_ctr", axis=0))
+        sizes.append(g.op("Gather", [g.f32(size, "anchor_size"), anchor_idx], hint="gather_size", axis=0))
+        scores.append(top_s)
+        classes.append(cls)
+
+    def cat(xs, hint):
+        return xs[0] if len(xs) == 1 else g.op("Concat", xs, hint=hint, axis=1)
+
+    d, ctr, size = cat(deltas, "deltas"), cat(ctrs, "ctr"), cat(sizes, "size")
+    score, cls = cat(scores, "scores"), cat(classes, "classes")
+    wx, wy, ww, wh = (float(w) for w in box_weights)
+    d_xy = g.op("Slice", [d, g.i64([0]), g.i64([2]), g.i64([2])], hint="d_xy")
+    d_wh = g.op("Slice", [d, g.i64([2]), g.i64([4]), g.i64([2])], hint="d_wh")
+    if (wx, wy) != (1.0, 1.0):
+        d_xy = g.op("Div", [d_xy, g.f32([wx, wy])])
+    if (ww, wh) != (1.0, 1.0):
+        d_wh = g.op("Div", [d_wh, g.f32([ww, wh])])
+    centre = g.op("Add", [g.op("Mul", [d_xy, size]), ctr], hint="centre")  # dx·aw + ax
+    d_wh = g.op("Min", [d_wh, g.f32(box_clip, "box_clip")], hint="clamp_dwh")
+    extent = g.op("Mul", [g.op("Exp", [d_wh]), size], hint="wh")  # exp(dw)·aw
+    half = g.op("Mul", [extent, g.f32(0.5, "half")], hint="half_wh")
+    boxes = g.op("Concat", [g.op("Sub", [centre, half]), g.op("Add", [centre, half])], hint="decoded", axis=2)
+    boxes = g.op("Clip", [boxes, g.f32(0.0, "zero"), g.f32(float(imgsz), "imgsz")], hint="clip_boxes")
+    return boxes, score, cls
+
+
+def _finish(g: GraphBuilder, num_f: str, boxes: str, scores: str, classes_i32: str, k: int,
+            max_det: int) -> None:
+    """Name the four contract outputs, padding ``[B, k]`` rows to ``[B, max_det]``."""
+    pad = max_det - k
+    if pad > 0:
+        zero_f, zero_i = g.f32(0.0), g.const(np.int32(0))
+        boxes = g.op("Pad", [boxes, g.i64([0, 0, 0, 0, pad, 0]), zero_f], hint="pad_boxes", mode="constant")
+        scores = g.op("Pad", [scores, g.i64([0, 0, 0, pad]), zero_f], hint="pad_scores", mode="constant")
+        classes_i32 = g.op("Pad", [classes_i32, g.i64([0, 0, 0, pad]), zero_i], hint="pad_classes",
+                           mode="constant")
+    g.op("Cast", [num_f], ["num_dets"], hint="num_dets", to=TensorProto.INT32)
+    g.op("Identity", [boxes], ["det_boxes"], hint="det_boxes")
+    g.op("Identity", [scores], ["det_scores"], hint="det_scores")
+    g.op("Identity", [classes_i32], ["det_classes"], hint="det_classes")
+
+
+def build_onnx_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, num_candidates: int,
+                   num_classes: int, score_threshold: float, nms_iou: float, max_det: int) -> None:
+    """Threshold, class-aware ``NonMaxSuppression``, best ``max_det``, padding (module docstring,
+    step 4)."""
+    thr = g.f32([score_threshold], "score_threshold")
+    valid = g.op("Greater", [scores, thr], hint="above_threshold")  # score > θ
+    cls_row = g.op("Unsqueeze", [classes, g.i64([1])], hint="classes_b1n")  # [B, 1, N]
+    onehot = g.op("Equal", [cls_row, g.i64(np.arange(num_classes).reshape(1, -1, 1), "class_ids")],
+                  hint="class_onehot")  # [B, C, N]
+    keep_in = g.op("And", [onehot, g.op("Unsqueeze", [valid, g.i64([1])])], hint="class_and_valid")
+    nms_scores = g.op("Where", [keep_in, g.op("Unsqueeze", [scores, g.i64([1])]), g.f32(-1.0, "minus_one")],
+                      hint="nms_scores")
+    selected = g.op("NonMaxSuppression",
+                    [boxes, nms_scores, g.i64([max_det], "max_per_class"), g.f32([nms_iou], "iou_threshold"), thr],
+                    hint="nms", center_point_box=0)  # [M, 3] = (batch, class, box)
+    batch_box = g.op("Gather", [selected, g.i64([0, 2], "batch_box_cols")], hint="batch_box", axis=1)  # [M, 2]
+    kept = g.op("GatherND", [scores, batch_box], hint="kept_scores")  # [M]
+    minus_one = g.op("ConstantOfShape", [g.op("Shape", [scores])], hint="fill_minus_one",
+                     value=numpy_helper.from_array(np.array([-1.0], dtype=np.float32)))
+    dense = g.op("ScatterND", [minus_one, batch_box, kept], hint="kept_dense")  # [B, N], -1 = not kept
+    k = min(max_det, num_candidates)
+    top_s, order = g.op("TopK", [dense, g.i64([k], "max_det")], 2, hint="final_topk", axis=1, largest=1, sorted=1)
+    rows = g.op("Greater", [top_s, g.f32(-0.5)], hint="rows")  # a kept row (scores are > θ >= 0)
+    rows_f = g.op("Cast", [rows], hint="rows_f", to=TensorProto.FLOAT)
+    num = g.op("ReduceSum", [rows_f, g.i64([1])], hint="num", keepdims=1)  # = min(#kept, k)
+    det_scores = g.op("Mul", [g.op("Max", [top_s, g.f32(0.0)]), rows_f], hint="scores_out")
+    det_boxes = g.op("Mul", [g.op("GatherND", [boxes, g.op("Unsqueeze", [order, g.i64([-1])])], batch_dims=1),
+                             g.op("Unsqueeze", [rows_f, g.i64([-1])])], hint="boxes_out")
+    cls = g.op("GatherElements", [classes, order], hint="gather_classes", axis=1)
+    cls = g.op("Where", [rows, cls, g.i64(0)], hint="classes_masked")
+    det_classes = g.op("Cast", [cls], hint="classes_out", to=TensorProto.INT32)
+    _finish(g, num, det_boxes, det_scores, det_classes, k, max_det)
+
+
+def efficient_nms_attributes(*, score_threshold: float, nms_iou: float, max_det: int) -> dict:
+    """Attributes of the ``EfficientNMS_TRT`` node (TensorRT plugin README and its
+    PluginConfig.yaml, plugin version "1")."""
+    return {
+        "background_class": -1,  # no background class: every column is a real class
+        "box_coding": 0,  # BoxCorner (x1, y1, x2, y2)
+        "score_activation": 0,  # scores are probabilities already
+        "class_agnostic": 0,  # class-aware NMS
+        "max_output_boxes": int(max_det),
+        "iou_threshold": float(nms_iou),
+        "score_threshold": float(score_threshold),
+        "plugin_version": "1",
+        "plugin_namespace": "",
+    }
+
+
+def build_efficient_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, num_classes: int,
+                        score_threshold: float, nms_iou: float, max_det: int) -> tuple[str, str, str, str]:
+    """One-hot scores into ``EfficientNMS_TRT``, outputs re-masked with ``score > θ`` (module
+    docstring, step 5); returns the plugin's output names."""
+    thr = g.f32(score_threshold, "score_threshold")
+    valid = g.op("Greater", [scores, thr], hint="above_threshold")
+    onehot = g.op("Equal", [g.op("Unsqueeze", [classes, g.i64([2])]),
+                            g.i64(np.arange(num_classes).reshape(1, 1, -1), "class_ids")], hint="class_onehot")
+    keep_in = g.op("And", [onehot, g.op("Unsqueeze", [valid, g.i64([2])])])
+    class_scores = g.op("Where", [keep_in, g.op("Unsqueeze", [scores, g.i64([2])]), g.f32(0.0)],
+                        hint="class_scores")  # [B, N, C]
+    num_raw, boxes_raw, scores_raw, classes_raw = g.op(
+        EFFICIENT_NMS_OP, [boxes, class_scores], 4, hint="efficient_nms", domain=TRT_DOMAIN,
+        **efficient_nms_attributes(score_threshold=score_threshold, nms_iou=nms_iou, max_det=max_det))
+    rank = g.const(np.arange(max_det, dtype=np.int32).reshape(1, -1), hint="rank")
+    rows = g.op("And", [g.op("Less", [rank, num_raw]), g.op("Greater", [scores_raw, thr])], hint="rows")
+    rows_f = g.op("Cast", [rows], hint="rows_f", to=TensorProto.FLOAT)
+    num = g.op("ReduceSum", [rows_f, g.i64([1])], hint="num", keepdims=1)
+    det_boxes = g.op("Mul", [boxes_raw, g.op("Unsqueeze", [rows_f, g.i64([-1])])], hint="boxes_out")
+    det_scores = g.op("Mul", [scores_raw, rows_f], hint="scores_out")
+    det_classes = g.op("Where", [rows, classes_raw, g.const(np.int32(0))], hint="classes_out")
+    _finish(g, num, det_boxes, det_scores, det_classes, max_det, max_det)
+    return num_raw, boxes_raw, scores_raw, classes_raw
+
+
+def output_value_infos(batch: int | str, max_det: int) -> list[onnx.ValueInfoProto]:
+    """The contract outputs (DESIGN.md, "ONNX contract")."""
+    return [
+        helper.make_tensor_value_info("num_dets", TensorProto.INT32, [batch, 1]),
+        helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [batch, max_det, 4]),
+        helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, [batch, max_det]),
+        helper.make_tensor_value_info("det_classes", TensorProto.INT32, [batch, max_det]),
+    ]
+
+
+def efficient_nms_value_infos(names, batch: int | str, max_det: int) -> list[onnx.ValueInfoProto]:
+    """Types and shapes of the plugin's outputs (ONNX shape inference knows nothing of it)."""
+    num, boxes, scores, classes = names
+    return [
+        helper.make_tensor_value_info(num, TensorProto.INT32, [batch, 1]),
+        helper.make_tensor_value_info(boxes, TensorProto.FLOAT, [batch, max_det, 4]),
+        helper.make_tensor_value_info(scores, TensorProto.FLOAT, [batch, max_det]),
+        helper.make_tensor_value_info(classes, TensorProto.INT32, [batch, max_det]),
+    ]

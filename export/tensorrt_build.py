@@ -1,0 +1,295 @@
+"""TensorRT engine building (TensorRT 10 / 11 Python API, strongly typed networks).
+
+Precision comes from the ONNX graph (DESIGN.md, "Conventions: TensorRT"): FP16 casts from
+``--precision fp16``, INT8 Q/DQ nodes from ``swdet calib``. The network is created with the
+``STRONGLY_TYPED`` flag (explicit batch is implicit in TensorRT 10), so no FP16/INT8 builder
+flags and no calibrators are used (TensorRT 11 removed both).
+
+Every engine gets a sidecar ``<engine>.json``: the model's ``model.json`` plus an ``"engine"``
+section with the TensorRT version, GPU name and compute capability it was built for, the
+precision, the optimization profile of ``images`` and the SHA-256 of the source ONNX.
+:func:`check_engine_sidecar` compares it with the running TensorRT and GPU and raises a one-line
+:class:`~swdet.errors.SwdetError` on a mismatch (engines are not portable across either).
+
+TensorRT is an optional extra (``pip install "swdet[tensorrt]"``) imported only when needed.
+The build needs a CUDA GPU; torch owns the CUDA context (no pycuda).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from swdet.errors import MissingDependency, SwdetError
+
+SIDECAR_SUFFIX = ".json"
+INPUT_NAME = "images"
+DEFAULT_OPT_BATCH = 8
+DEFAULT_MAX_BATCH = 32
+
+
+def import_tensorrt(purpose: str = "building engines"):
+    """``import tensorrt`` or a one-line :class:`MissingDependency` naming the extra."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingDependency("tensorrt", "tensorrt", purpose) from None
+    return trt
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json`` (next to it; never clashes with a model.json)."""
+    p = Path(engine_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def current_gpu() -> dict:
+    """``{"gpu": name, "compute_capability": "major.minor"}`` of the current CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SwdetError("TensorRT engines need a CUDA GPU and none is available")
+    dev = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(dev)
+    return {"gpu": torch.cuda.get_device_name(dev), "compute_capability": f"{major}.{minor}"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimization profile
+
+
+def resolve_profile(input_shape: list, min_batch: int = 1, opt_batch: int | None = None,
+                    max_batch: int | None = None) -> dict[str, list[int]]:
+    """``{"min", "opt", "max"}`` shapes for ``images`` from its ONNX shape ``[B, 3, S, S]``.
+
+    A fixed batch B gives (B, B, B) and rejects other requests; a dynamic one defaults to
+    ``min=1, opt=min(8, max), max=32``.
+    """
+    if len(input_shape) != 4 or any(not isinstance(d, int) or d <= 0 for d in input_shape[1:]):
+        raise SwdetError(f"input {INPUT_NAME} has shape {input_shape}; expected [B, 3, S, S] with a static "
+                         "3 x S x S (only the batch may be dynamic)")
+    rest = [int(d) for d in input_shape[1:]]
+    b = input_shape[0]
+    for name, v in (("--min-batch", min_batch), ("--opt-batch", opt_batch), ("--max-batch", max_batch)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise SwdetError(f"{name} {v!r}: must be a positive integer")
+    if isinstance(b, int) and b > 0:
+        asked = {v for v in (opt_batch, max_batch) if v is not None} | ({min_batch} if min_batch != 1 else set())
+        if asked - {b}:
+            raise SwdetError(f"the ONNX model has a fixed batch of {b}; export it with --batch dynamic to "
+                             f"build for batch sizes {sorted(asked)}")
+        lo = hi = opt = b
+    else:
+        lo = min_batch
+        hi = max_batch if max_batch is not None else max(DEFAULT_MAX_BATCH, lo)
+        opt = opt_batch if opt_batch is not None else min(max(DEFAULT_OPT_BATCH, lo), hi)
+        if not lo <= opt <= hi:
+            raise SwdetError(f"batch profile must satisfy min <= opt <= max, got {lo} <= {opt} <= {hi}")
+    return {"min": [lo, *rest], "opt": [opt, *rest], "max": [hi, *rest]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sidecar
+
+
+def engine_sidecar(meta: dict, *, tensorrt_version: str, gpu: str, compute_capability: str, precision: str,
+                   profile: dict, onnx_sha256: str, onnx_name: str = "", extra: dict | None = None) -> dict:
+    """The sidecar dict: ``model.json`` + ``"engine"``."""
+    out = dict(meta)
+    out["engine"] = {
+        "tensorrt_version": str(tensorrt_version),
+        "gpu": str(gpu),
+        "compute_capability": str(compute_capability),
+        "precision": precision,
+        "strongly_typed": True,
+        "input": {"name": INPUT_NAME, **{k: list(v) for k, v in profile.items()}},
+        "onnx": onnx_name,
+        "onnx_sha256": onnx_sha256,
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    return out
+
+
+def write_engine_sidecar(engine_path: str | Path, sidecar: dict) -> Path:
+    from swdet.artifact import atomic_write_json
+
+    path = sidecar_path(engine_path)
+    atomic_write_json(path, sidecar)
+    return path
+
+
+def read_engine_sidecar(engine_path: str | Path) -> dict:
+    engine = Path(engine_path)
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise SwdetError(f"{engine}: no sidecar {path.name} next to it (build engines with "
+                         "'swdet export MODEL --format tensorrt')")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SwdetError(f"{path}: unreadable engine sidecar ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("engine"), dict):
+        raise SwdetError(f"{path}: not an swdet engine sidecar (no 'engine' section)")
+    for key in ("tensorrt_version", "compute_capability"):
+        if key not in data["engine"]:
+            raise SwdetError(f"{path}: engine sidecar lacks {key!r}")
+    return data
+
+
+def check_engine_sidecar(engine_path: str | Path, *, tensorrt_version: str | None = None,
+                         gpu: str | None = None, compute_capability: str | None = None) -> dict:
+    """Read ``<engine>.json`` and check that this machine can run the engine.
+
+    The running TensorRT version and GPU are queried unless given (tests pass them). A different
+    TensorRT version or compute capability raises :class:`SwdetError`; the same compute
+    capability under another GPU name only warns (TensorRT loads it, tactics may be slower).
+    Returns the sidecar dict.
+    """
+    engine = Path(engine_path)
+    data = read_engine_sidecar(engine)
+    built = data["engine"]
+    if tensorrt_version is None:
+        tensorrt_version = import_tensorrt("running TensorRT engines").__version__
+    if gpu is None or compute_capability is None:
+        info = current_gpu()
+        gpu = info["gpu"] if gpu is None else gpu
+        compute_capability = info["compute_capability"] if compute_capability is None else compute_capability
+    rebuild = f"rebuild it here with 'swdet export {built.get('onnx') or 'MODEL.onnx'} --format tensorrt'"
+    if str(built["tensorrt_version"]) != str(tensorrt_version):
+        raise SwdetError(f"{engine}: built with TensorRT {built['tensorrt_version']}, this is TensorRT "
+                         f"{tensorrt_version}; {rebuild}")
+    if str(built["compute_capability"]) != str(compute_capability):
+        raise SwdetError(f"{engine}: built for {built.get('gpu', '?')} (compute capability "
+                         f"{built['compute_capability']}), this GPU is {gpu} ({compute_capability}); {rebuild}")
+    if built.get("gpu") and gpu and built["gpu"] != gpu:
+        warnings.warn(f"{engine}: built on {built['gpu']}, running on {gpu} (same compute capability "
+                      f"{compute_capability}); rebuild for best performance", stacklevel=2)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Build
+
+
+def _progress_monitor(trt, stream=sys.stderr):
+    """A ``trt.IProgressMonitor`` printing phase starts and ends (thread-safe: one write per call)."""
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.depth: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            d = self.depth.get(parent_phase, -1) + 1 if parent_phase else 0
+            self.depth[phase_name] = d
+            if d <= 1:
+                stream.write(f"[tensorrt] {'  ' * d}{phase_name} ({num_steps} steps)\n")
+                stream.flush()
+
+        def step_complete(self, phase_name, step):
+            return True  # never cancel
+
+        def phase_finish(self, phase_name):
+            if self.depth.pop(phase_name, 99) == 0:
+                stream.write(f"[tensorrt] {phase_name} done\n")
+                stream.flush()
+
+    return _Monitor()
+
+
+def build_engine(onnx_path: str | Path, out: str | Path, *, min_batch: int = 1, opt_batch: int | None = None,
+                 max_batch: int | None = None, workspace_gb: float | None = None,
+                 timing_cache: str | Path | None = None, verbose: bool = False, progress: bool = True) -> Path:
+    """Build a TensorRT engine from an swdet ONNX file; returns ``out``.
+
+    The static check (:func:`swdet.export.trt_check.check_tensorrt_compat`) runs first and any
+    error refuses the build. ``timing_cache`` is read when it exists and written back after the
+    build. The sidecar ``<out>.json`` is written next to the engine.
+    """
+    import onnx
+
+    from swdet.artifact import atomic_write_bytes
+    from swdet.export.onnx_export import detect_precision, read_onnx_metadata
+    from swdet.export.trt_check import check_tensorrt_compat, format_problems, has_errors
+
+    onnx_path, out = Path(onnx_path), Path(out)
+    if not onnx_path.is_file():
+        raise SwdetError(f"{onnx_path}: no such file")
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - not an ONNX file
+        raise SwdetError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__})") from None
+    meta = read_onnx_metadata(proto)
+    if meta is None:
+        raise SwdetError(f"{onnx_path}: no swdet metadata (metadata_props['swdet']); export it with 'swdet export'")
+    problems = check_tensorrt_compat(proto)
+    if has_errors(problems):
+        raise SwdetError(f"{onnx_path}: not buildable by TensorRT: "
+                         + "; ".join(str(p) for p in problems if p.severity == "error")[:600])
+    inputs = [i for i in proto.graph.input if i.name == INPUT_NAME]
+    if not inputs:
+        raise SwdetError(f"{onnx_path}: no input named {INPUT_NAME!r}")
+    shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+             for d in inputs[0].type.tensor_type.shape.dim]
+    profile = resolve_profile(shape, min_batch, opt_batch, max_batch)
+    if workspace_gb is not None and not workspace_gb > 0:
+        raise SwdetError(f"--workspace-gb {workspace_gb}: must be positive")
+    precision = detect_precision(proto)
+    del proto
+
+    trt = import_tensorrt("building engines")
+    device = current_gpu()  # also makes torch create the CUDA context TensorRT will use
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # EfficientNMS_TRT
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is None:  # a TensorRT where strong typing is the only mode
+        network = builder.create_network(0)
+    else:
+        network = builder.create_network(1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise SwdetError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs[0] if errs else 'unknown error'}"
+                         + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""))
+    config = builder.create_builder_config()
+    if workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(INPUT_NAME, profile["min"], profile["opt"], profile["max"])
+    config.add_optimization_profile(opt_profile)
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, False)
+    if progress:
+        config.progress_monitor = _progress_monitor(trt)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SwdetError(f"{onnx_path}: TensorRT build failed (rerun with --verbose for the builder log)")
+    atomic_write_bytes(out, bytes(serialized))
+    if cache_path is not None:
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    sidecar = engine_sidecar(meta, tensorrt_version=trt.__version__, gpu=device["gpu"],
+                             compute_capability=device["compute_capability"], precision=precision,
+                             profile=profile, onnx_sha256=sha256_file(onnx_path), onnx_name=onnx_path.name,
+                             extra={"workspace_gb": workspace_gb,
+                                    "warnings": [str(p) for p in problems]})
+    write_engine_sidecar(out, sidecar)
+    if problems and verbose:
+        print(format_problems(problems), file=sys.stderr)
+    return out

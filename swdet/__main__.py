@@ -1,0 +1,7 @@
+"""``python -m swdet`` (what ``torchrun ... -m swdet train`` runs)."""
+
+import sys
+
+from swdet.cli import main
+
+sys.exit(main())

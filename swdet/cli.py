@@ -1,0 +1,288 @@
+"""The ``swdet`` command line: verbs in the style users know from Ultralytics and trtexec.
+
+Every command keeps heavy imports inside its body so ``swdet --help`` is instant. Bad input ends
+with one line on stderr and a non-zero exit, never a traceback (set ``SWDET_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from swdet.errors import SwdetError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="swdet", message="swdet %(version)s")
+def cli() -> None:
+    """swdet: train detectors with sample-weighting losses, deploy them at zero test-time cost.
+
+    \b
+    Quick start (CPU, embedded synthetic data):
+      swdet pipeline --out runs/pipeline
+    Stages:
+      swdet data synth --out data/synth
+      swdet train --data data/synth --model retinanet_tiny --method pisa --iters 3000
+      swdet eval runs/retinanet_tiny_pisa --ann data/synth/annotations/instances_val.json --images data/synth/val
+      swdet export runs/retinanet_tiny_pisa --format onnx --out pisa.onnx
+    """
+
+
+def _write_json(path: str | None, obj) -> None:
+    if path:
+        from swdet.artifact import atomic_write_json
+
+        atomic_write_json(path, obj)
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def _default_out(name: str) -> Path:
+    base = Path("runs") / name
+    if not base.exists():
+        return base
+    i = 2
+    while Path(f"{base}{i}").exists():
+        i += 1
+    return Path(f"{base}{i}")
+
+
+@cli.command("train", context_settings=CONTEXT)
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", "data_root", help="COCO-format dataset folder (annotations/instances_{train,val}[2017].json).")
+@click.option("--model", help="Model preset: retinanet_tiny, retinanet_r18_fpn, retinanet_r34_fpn, retinanet_r50_fpn, "
+                              "faster_rcnn_tiny, faster_rcnn_r50_fpn.")
+@click.option("--method", help="Loss/weighting methods, comma separated, e.g. focal, pisa, pisa,swn, sampling_free.")
+@click.option("--iters", type=int, help="Total training iterations.")
+@click.option("--epochs", type=int, help="Total epochs (when --iters is not given).")
+@click.option("--batch-size", type=int, help="Global batch size (split across DDP processes).")
+@click.option("--imgsz", type=int, help="Square input size (multiple of 32).")
+@click.option("--lr", type=float, help="Base learning rate.")
+@click.option("--device", help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", type=int, help="Data-loader worker processes.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>_<method>).")
+@click.option("--ckpt-every", type=int, help="Checkpoint every N iterations (and always at the end).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
+@click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config value, e.g. --set train.warmup_iters=100 (repeatable).")
+@click.option("--no-eval", is_flag=True, help="Skip the evaluation on the val split at the end.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the run summary as JSON here.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz, lr, device, workers, out, ckpt_every,
+              resume, overwrite, overrides, no_eval, json_out, quiet):
+    """Train a detector and write a run directory.
+
+    \b
+    Examples:
+      swdet train --data data/synth --model retinanet_tiny --method focal --iters 3000
+      swdet train configs/retinanet_r50_fpn_1x_pisa.yaml --data coco/ --device cuda
+      torchrun --nproc_per_node 8 -m swdet train configs/retinanet_r50_fpn_1x_swn.yaml --data coco/
+      swdet train --out runs/pisa --resume
+    """
+    from swdet.config import load_config
+    from swdet.table import format_table
+
+    sets = list(overrides)
+    if model:
+        sets.insert(0, f"model={model}")
+    if resume and out and not config:
+        config = None
+    opts = {"data.root": data_root, "loss.method": method, "train.iters": iters, "train.epochs": epochs,
+            "train.batch_size": batch_size, "model.imgsz": imgsz, "train.lr": lr, "train.device": device,
+            "data.workers": workers, "train.ckpt_every": ckpt_every}
+    for key, value in opts.items():
+        if value is not None:
+            if isinstance(value, int) and value < 0:
+                raise SwdetError(f"--{key.split('.')[-1].replace('_', '-')}: must be non-negative, got {value}")
+            sets.append(f"{key}={value}")
+    if iters is not None:
+        sets.append("train.epochs=0")
+    if resume:
+        # Continue with the run's own config; options given now (e.g. a larger --iters) apply on top.
+        from swdet.config import apply_override, config_from_dict
+        from swdet.train.checkpoint import load_checkpoint
+
+        if out is None:
+            raise SwdetError("--resume needs --out RUN_DIR (the run to continue)")
+        ckpt = Path(out) / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            raise SwdetError(f"{ckpt}: nothing to resume (no checkpoint in {out})")
+        saved = load_checkpoint(ckpt)["config"]
+        saved["train"]["device"] = "auto"
+        for item in sets:
+            apply_override(saved, item)
+        cfg = config_from_dict(saved, str(ckpt))
+    else:
+        cfg = load_config(config, sets)
+    if not cfg.name:
+        cfg.name = Path(config).stem if config else f"{cfg.model.name}_{'_'.join(cfg.loss.method)}"
+    if out is None:
+        if resume:
+            raise SwdetError("--resume needs --out RUN_DIR (the run to continue)")
+        out_dir = _default_out(cfg.name)
+    else:
+        out_dir = Path(out)
+        if not resume and not overwrite and (out_dir / "checkpoints" / "last.pt").exists():
+            raise SwdetError(f"{out_dir}: already holds a training run; pass --resume to continue it "
+                             "or --overwrite to start over")
+    if not cfg.train.iters and not cfg.train.epochs:
+        raise SwdetError("nothing to train: pass --iters N or --epochs N")
+
+    from swdet.train.engine import train
+
+    result = train(cfg, out_dir, resume=resume, progress=not quiet, evaluate=not no_eval)
+    summary = {k: v for k, v in result.items() if k != "eval"}
+    if int(os.environ.get("RANK", "0")) == 0:
+        rows = [{"run": str(out_dir), "method": ",".join(cfg.loss.method), "iters": result["iterations"],
+                 "time_s": round(result["train_time_s"], 1), "skipped": result["skipped_steps"],
+                 **{k: result.get("metrics", {}).get(k) for k in ("AP", "AP50", "AP75")}}]
+        click.echo(format_table(rows, title="training finished"))
+        click.echo(f"artifact: {out_dir / 'model.safetensors'} + model.json   checkpoint: "
+                   f"{out_dir / 'checkpoints' / 'last.pt'}")
+        _write_json(json_out, summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# eval / predict
+
+
+@cli.command("eval", context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.option("--ann", required=True, type=click.Path(), help="COCO annotation JSON of the evaluation images.")
+@click.option("--images", required=True, type=click.Path(), help="Folder of the evaluation images.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write COCO stats (fractions) here.")
+@click.option("--predictions", type=click.Path(dir_okay=False), help="Write detections (COCO results format) here.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--score-threshold", type=float, help="Override the model's score threshold (torch runtime).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_cmd(model, ann, images, json_out, predictions, device, batch_size, score_threshold, quiet):
+    """COCO box mAP of a model (run directory, .safetensors, .onnx or .engine).
+
+    \b
+    Examples:
+      swdet eval runs/pisa --ann data/synth/annotations/instances_val.json --images data/synth/val
+      swdet eval pisa.onnx --ann coco/annotations/instances_val2017.json --images coco/val2017 --json m.json
+    """
+    from swdet.evaluation import evaluate_detections, format_eval_table, load_coco, write_metrics_json, \
+        write_predictions_json
+    from swdet.inference import predict_dataset
+    from swdet.serve.runtimes import load_runtime
+
+    from swdet.data.coco import CocoDetection
+
+    rt = load_runtime(model, device=device, score_threshold=score_threshold)
+    dataset = CocoDetection(ann, images, imgsz=rt.imgsz, train=False)
+    if dataset.category_ids != rt.category_ids:
+        raise SwdetError(f"{ann}: categories {dataset.category_ids[:5]}... do not match the model's "
+                         f"{rt.category_ids[:5]}...")
+    preds = predict_dataset(rt, dataset, batch_size=batch_size, progress=not quiet)
+    result = evaluate_detections(load_coco(ann), preds)
+    click.echo(format_eval_table(result, title=f"{model} ({rt.name}, {rt.device_name})"))
+    if dataset.skipped_images:
+        click.echo(f"warning: {dataset.skipped_images} unreadable images skipped", err=True)
+    if json_out:
+        write_metrics_json(json_out, result, extra={"model": str(model), "runtime": rt.name})
+    if predictions:
+        write_predictions_json(predictions, preds)
+
+
+@cli.command("predict", context_settings=CONTEXT)
+@click.argument("model", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_json", required=True, type=click.Path(dir_okay=False), help="Detections JSON to write.")
+@click.option("--save-images", type=click.Path(file_okay=False), help="Draw the detections into this folder.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--score-threshold", type=float, help="Override the model's score threshold.")
+@click.option("--quiet", is_flag=True)
+def predict_cmd(model, paths, out_json, save_images, device, batch_size, score_threshold, quiet):
+    """Detect objects in images (files or folders).
+
+    Writes one record per detection: file, bbox (x, y, w, h in original pixels), score,
+    category_id (the dataset's id) and category name.
+
+    \b
+    Examples:
+      swdet predict runs/pisa photo.jpg more_photos/ --out dets.json --save-images drawn/
+      swdet predict pisa.onnx data/synth/val --out dets.json
+    """
+    from swdet.predict import predict_files
+    from swdet.serve.runtimes import load_runtime
+
+    rt = load_runtime(model, device=device, score_threshold=score_threshold)
+    summary = predict_files(rt, [Path(p) for p in paths], Path(out_json), batch_size=batch_size,
+                            save_images=Path(save_images) if save_images else None, progress=not quiet)
+    click.echo(f"{summary['detections']} detections in {summary['images']} images -> {out_json}"
+               + (f" (skipped {summary['skipped']} unreadable: {', '.join(summary['skipped_files'][:3])})"
+                  if summary["skipped"] else ""))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage command groups (each module imports only click at module level)
+
+
+def _register() -> None:
+    from swdet.data.cli import data
+
+    cli.add_command(data)
+    for module, names in (("swdet.export.cli", ("export",)), ("swdet.calib.cli", ("calib",)),
+                          ("swdet.serve.cli", ("serve", "verify")), ("swdet.pipeline", ("pipeline",))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ModuleNotFoundError as e:  # a stage not installed (e.g. a serve-only deployment)
+            if e.name and e.name.startswith("swdet"):
+                continue
+            raise
+        for n in names:
+            cmd = getattr(mod, n, None)
+            if cmd is not None:
+                cli.add_command(cmd)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and a non-zero exit for every user error."""
+    debug = os.environ.get("SWDET_DEBUG", "") not in ("", "0")
+    try:
+        cli.main(args=argv, prog_name="swdet", standalone_mode=False)
+        return 0
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except SwdetError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, with a way to see the traceback
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        click.echo(f"internal error: {type(e).__name__}: {msg} (rerun with SWDET_DEBUG=1 for the traceback)", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""Experiment configuration: plain dataclasses, loaded from YAML with clear errors.
+
+A config file mirrors :class:`Config`::
+
+    model: retinanet_r50_fpn          # a preset name, or a mapping {name: ..., <ModelConfig field>: ...}
+    data: {root: coco/}
+    train: {iters: 90000, batch_size: 16, lr: 0.01, schedule: step, steps: [0.667, 0.889]}
+    loss: {method: [pisa], reg_loss: smooth_l1}
+    methods: {pisa: {isr_gamma: 2.0}}
+
+Command-line ``--set section.key=value`` overrides are applied on top (values parsed as YAML).
+Unknown keys, wrong types and bad values raise :class:`~swdet.errors.SwdetError` naming the file
+and key, with the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swdet.errors import SwdetError
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the detector. Everything needed to rebuild it goes into ``model.json``."""
+
+    name: str = "retinanet_tiny"
+    arch: str = "retinanet"  # retinanet | faster_rcnn
+    backbone: str = "tiny"  # tiny | resnet18 | resnet34 | resnet50
+    # Backbone weights: "auto" = ImageNet from torchvision when reachable, else random init with a
+    # notice; "imagenet" = required; "none" = random init; or a path to a torchvision state dict.
+    pretrained: str = "none"
+    frozen_stages: int = 1  # ResNet stages frozen when pretrained (stem + layer1, as in the papers)
+    backbone_norm: str = "bn"  # bn | frozen_bn
+    backbone_width: int = 32  # width of the first stage of the tiny backbone
+    fpn_channels: int = 256
+    head_channels: int = 256
+    head_convs: int = 4
+    head_norm: str = "none"  # none | gn
+    imgsz: int = 640  # square letterboxed input size (the ONNX input is fixed to it)
+    min_level: int = 3
+    max_level: int = 7
+    anchor_size: float = 4.0  # anchor side = anchor_size * stride * scale (RetinaNet: 4)
+    anchor_scales: list[float] = field(default_factory=lambda: [1.0, 2 ** (1 / 3), 2 ** (2 / 3)])
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    prior_prob: float = 0.01  # focal-loss bias initialization pi
+    num_classes: int = 80  # set from the dataset at training time
+
+
+@dataclass
+class DataConfig:
+    """Where the COCO-format data is. ``root`` is searched for the usual layouts."""
+
+    root: str = ""
+    train_ann: str = ""
+    train_images: str = ""
+    val_ann: str = ""
+    val_images: str = ""
+    workers: int = 2
+    hflip: float = 0.5
+    scale_jitter: list[float] = field(default_factory=lambda: [0.75, 1.25])
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 0  # total iterations; 0 = derive from epochs
+    epochs: int = 0
+    batch_size: int = 8  # global batch (split over DDP ranks)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    schedule: str = "step"  # step | cosine
+    steps: list[float] = field(default_factory=lambda: [8 / 12, 11 / 12])  # fractions of iters
+    gamma: float = 0.1
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    amp: str = "auto"  # auto | none | bf16 | fp16 ("auto": bf16 on CUDA that supports it, else none)
+    channels_last: bool = True  # on CUDA only
+    seed: int = 0
+    deterministic: bool = True  # deterministic algorithms on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    ckpt_every: int = 500
+    log_every: int = 20
+    eval_every: int = 0  # 0 = only at the end
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class LossConfig:
+    method: list[str] = field(default_factory=lambda: ["focal"])
+    reg_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou
+    smooth_l1_beta: float = 1.0 / 9
+    reg_weight: float = 1.0
+    fg_iou: float = 0.5
+    bg_iou: float = 0.4
+    allow_low_quality: bool = True
+
+
+@dataclass
+class FocalParams:
+    alpha: float = 0.25
+    gamma: float = 2.0
+
+
+@dataclass
+class GHMParams:
+    bins: int = 10
+    momentum: float = 0.75
+
+
+@dataclass
+class PisaParams:
+    isr_gamma: float = 2.0  # PISA Eq. 2 gamma (the paper's k)
+    isr_beta: float = 0.0  # PISA Eq. 2 beta (the paper's bias)
+    carl_k: float = 1.0
+    carl_bias: float = 0.1
+    carl_weight: float = 1.0
+
+
+@dataclass
+class IoUBalancedParams:
+    eta: float = 1.5
+    lam: float = 1.5
+    w_loc: float = 0.0  # 0 = fixed on the first batch so the localization loss sum is unchanged
+
+
+@dataclass
+class SamplingFreeParams:
+    guided_factor: float = 1.0  # guided loss scaling factor (Eq. 8) in RetinaNet and the RPN
+    roi_guided_factor: float = 2.0  # in a RoI head (Sec. 3.2: its box loss is ~2x its cls loss)
+    bias_init: bool = True
+    adaptive_threshold: bool = True
+
+
+@dataclass
+class NoisyAnchorsParams:
+    topn: int = 40
+    alpha: float = 0.75
+    gamma: float = 1.0
+
+
+@dataclass
+class SWNParams:
+    hidden: int = 32
+    lam: float = 0.5
+    clip: float = 2.0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    init_std: float = 1e-4
+
+
+@dataclass
+class MethodParams:
+    focal: FocalParams = field(default_factory=FocalParams)
+    ghm: GHMParams = field(default_factory=GHMParams)
+    pisa: PisaParams = field(default_factory=PisaParams)
+    iou_balanced: IoUBalancedParams = field(default_factory=IoUBalancedParams)
+    sampling_free: SamplingFreeParams = field(default_factory=SamplingFreeParams)
+    noisy_anchors: NoisyAnchorsParams = field(default_factory=NoisyAnchorsParams)
+    swn: SWNParams = field(default_factory=SWNParams)
+
+
+@dataclass
+class PostprocessConfig:
+    """Inference post-processing (torch and every exported graph)."""
+
+    score_threshold: float = 0.05  # replaced by theta = N_f/N for Sampling-Free runs
+    nms_iou: float = 0.5
+    pre_nms_topk: int = 1000  # per FPN level
+    max_det: int = 100
+
+
+@dataclass
+class Config:
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    methods: MethodParams = field(default_factory=MethodParams)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model presets (the `--model` names)
+
+
+def retinanet_tiny() -> ModelConfig:
+    """CPU-sized RetinaNet: a 4-stage tiny ResNet, narrow FPN (P3-P6) and a 2-conv head."""
+    return ModelConfig(
+        name="retinanet_tiny", backbone="tiny", pretrained="none", backbone_norm="bn",
+        backbone_width=24, fpn_channels=64, head_channels=64, head_convs=2, head_norm="gn",
+        imgsz=320, min_level=3, max_level=6,
+    )
+
+
+def _retinanet_resnet(depth: int) -> ModelConfig:
+    return ModelConfig(
+        name=f"retinanet_r{depth}_fpn", backbone=f"resnet{depth}", pretrained="auto",
+        backbone_norm="frozen_bn", fpn_channels=256, head_channels=256, head_convs=4,
+        head_norm="none", imgsz=640,
+    )
+
+
+def retinanet_r18_fpn() -> ModelConfig:
+    return _retinanet_resnet(18)
+
+
+def retinanet_r34_fpn() -> ModelConfig:
+    return _retinanet_resnet(34)
+
+
+def retinanet_r50_fpn() -> ModelConfig:
+    """The papers' RetinaNet (ResNet-50-FPN, P3-P7, 9 anchors per location)."""
+    return _retinanet_resnet(50)
+
+
+MODEL_PRESETS: dict[str, typing.Callable[[], ModelConfig]] = {
+    "retinanet_tiny": retinanet_tiny,
+    "retinanet_r18_fpn": retinanet_r18_fpn,
+    "retinanet_r34_fpn": retinanet_r34_fpn,
+    "retinanet_r50_fpn": retinanet_r50_fpn,
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise SwdetError(f"unknown model {name!r}{_suggest(name, MODEL_PRESETS)}; "
+                         f"choose from {', '.join(sorted(MODEL_PRESETS))}")
+    return MODEL_PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the dataclass field type ``tp`` or raise a one-line error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SwdetError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _fill(tp(), value, where)
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise SwdetError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise SwdetError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise SwdetError(f"{where}: expected an integer, got {value!r}") from None
+        if not math.isfinite(f) or f != int(f):
+            raise SwdetError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise SwdetError(f"{where}: expected a number, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise SwdetError(f"{where}: expected a number, got {value!r}") from None
+        if math.isnan(f):
+            raise SwdetError(f"{where}: expected a number, got {value!r}")
+        return f
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise SwdetError(f"{where}: expected a string, got {type(value).__name__}")
+        return str(value)
+    return value
+
+
+def _fill(obj: Any, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        if key not in names:
+            raise SwdetError(f"{where}: unknown key {key!r}{_suggest(str(key), names)}")
+        setattr(obj, key, _convert(value, hints[key], f"{where}.{key}"))
+    return obj
+
+
+def config_from_dict(values: dict, source: str = "config") -> Config:
+    """Build a :class:`Config` from a (YAML-shaped) dict; ``model`` may be a preset name."""
+    values = dict(values or {})
+    cfg = Config()
+    model = values.pop("model", None)
+    if isinstance(model, str):
+        cfg.model = model_preset(model)
+    elif isinstance(model, dict):
+        model = dict(model)
+        if "name" in model:  # a preset, then its overrides
+            cfg.model = model_preset(str(model["name"]))
+        cfg.model = _fill(cfg.model, model, f"{source}: model")
+    elif model is not None:
+        raise SwdetError(f"{source}: model: expected a preset name or a mapping")
+    _fill(cfg, values, source)
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (YAML) or the defaults, then apply ``--set key=value`` overrides."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise SwdetError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SwdetError(f"{p}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+        if not isinstance(data, dict):
+            raise SwdetError(f"{p}: expected a mapping at the top level")
+    for item in overrides or []:
+        apply_override(data, item)
+    return config_from_dict(data, source)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one ``section.key=value`` to a YAML-shaped dict (value parsed as YAML)."""
+    if "=" not in item:
+        raise SwdetError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.02")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise SwdetError(f"--set {item!r}: empty key")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if isinstance(nxt, str) and i == 0 and part == "model":
+            nxt = {"name": nxt}
+        if nxt is None:
+            nxt = {}
+        if not isinstance(nxt, dict):
+            raise SwdetError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+        node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Value checks that types alone do not catch."""
+    m, t = cfg.model, cfg.train
+    checks = [
+        (m.arch in ("retinanet", "faster_rcnn"), "model.arch", "retinanet or faster_rcnn"),
+        (m.backbone in ("tiny", "resnet18", "resnet34", "resnet50"), "model.backbone",
+         "tiny, resnet18, resnet34 or resnet50"),
+        (m.imgsz >= 64 and m.imgsz % 32 == 0, "model.imgsz", "a multiple of 32, at least 64"),
+        (m.head_norm in ("none", "gn"), "model.head_norm", "none or gn"),
+        (m.backbone_norm in ("bn", "frozen_bn"), "model.backbone_norm", "bn or frozen_bn"),
+        (3 <= m.min_level <= m.max_level <= 7, "model.min_level/max_level", "3 <= min <= max <= 7"),
+        (0 < m.prior_prob < 1, "model.prior_prob", "in (0, 1)"),
+        (t.iters >= 0, "train.iters", "non-negative"),
+        (t.epochs >= 0, "train.epochs", "non-negative"),
+        (t.batch_size >= 1, "train.batch_size", "at least 1"),
+        (t.lr > 0, "train.lr", "positive"),
+        (t.schedule in ("step", "cosine"), "train.schedule", "step or cosine"),
+        (t.amp in ("auto", "none", "bf16", "fp16"), "train.amp", "auto, none, bf16 or fp16"),
+        (t.ckpt_every >= 0, "train.ckpt_every", "non-negative"),
+        (t.warmup_iters >= 0, "train.warmup_iters", "non-negative"),
+        (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou"), "loss.reg_loss", "smooth_l1, l1 or giou"),
+        (len(cfg.loss.method) >= 1, "loss.method", "at least one method"),
+        (0 <= cfg.postprocess.nms_iou <= 1, "postprocess.nms_iou", "in [0, 1]"),
+        (cfg.postprocess.max_det >= 1, "postprocess.max_det", "at least 1"),
+        (cfg.postprocess.pre_nms_topk >= 1, "postprocess.pre_nms_topk", "at least 1"),
+        (0 <= cfg.postprocess.score_threshold < 1, "postprocess.score_threshold", "in [0, 1)"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise SwdetError(f"{source}: {key} must be {expected}")
+    if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+        raise SwdetError(f"{source}: train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")

@@ -1,0 +1,135 @@
+"""Backbones returning the C3..C5 feature maps (strides 8, 16, 32).
+
+``ResNetBackbone`` wraps torchvision's ResNet-18/34/50 (ImageNet weights from torchvision when
+reachable or from a local file); ``TinyBackbone`` is a 4-stage ResNet-style network narrow enough
+to train from scratch on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from swdet.errors import SwdetError
+
+_RESNETS = {
+    "resnet18": (tv_resnet.resnet18, "ResNet18_Weights", [128, 256, 512]),
+    "resnet34": (tv_resnet.resnet34, "ResNet34_Weights", [128, 256, 512]),
+    "resnet50": (tv_resnet.resnet50, "ResNet50_Weights", [512, 1024, 2048]),
+}
+
+
+def _load_pretrained(name: str, pretrained: str) -> dict | None:
+    """ImageNet weights for ``name``: a local file, torchvision's download, or None (random init)."""
+    if pretrained in ("none", "", None):
+        return None
+    if pretrained not in ("auto", "imagenet"):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise SwdetError(f"{path}: backbone weights file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
+            raise SwdetError(f"{path}: cannot read backbone weights ({type(e).__name__})") from None
+        return state.get("state_dict", state) if isinstance(state, dict) else None
+    weights = getattr(tv_resnet, _RESNETS[name][1]).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 - offline, proxy, corrupt cache...
+        if pretrained == "imagenet":
+            raise SwdetError(f"cannot download ImageNet weights for {name} ({type(e).__name__}); "
+                             "pass model.pretrained=PATH to a local file") from None
+        print(f"notice: ImageNet weights for {name} are not reachable ({type(e).__name__}); "
+              "starting from random initialization", file=sys.stderr)
+        return None
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet trunk; ``forward`` returns ``[C3, C4, C5]``."""
+
+    def __init__(self, name: str = "resnet50", pretrained: str = "auto", frozen_stages: int = 1,
+                 norm: str = "frozen_bn"):
+        super().__init__()
+        builder, _, channels = _RESNETS[name]
+        norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+        net = builder(weights=None, norm_layer=norm_layer)
+        state = _load_pretrained(name, pretrained)
+        if state is not None:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing:
+                raise SwdetError(f"backbone weights do not fit {name}: missing {missing[0]} "
+                                 f"and {len(missing) - 1} more")
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = channels
+        if state is not None:
+            frozen = [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: frozen_stages + 1]
+            for module in frozen:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        c2 = self.layer1(self.stem(x))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c3, c4, c5]
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        bn=nn.BatchNorm2d(cout),
+        act=nn.ReLU(inplace=True),
+    ))
+
+
+class TinyBlock(nn.Module):
+    """A ResNet basic block with a stride-2 3x3 projection: ``y = relu(conv(conv(x)) + proj(x))``."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, stride)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn2(self.conv2(self.conv1(x))) + self.proj(x))
+
+
+class TinyBackbone(nn.Module):
+    """Stem (stride 4) and three stride-2 stages of widths ``w, 2w, 4w, 8w``; returns C3..C5."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(_conv_bn(3, w // 2, 2), _conv_bn(w // 2, w, 2))
+        self.layer1 = TinyBlock(w, w, 1)
+        self.layer2 = TinyBlock(w, 2 * w, 2)
+        self.layer3 = TinyBlock(2 * w, 4 * w, 2)
+        self.layer4 = TinyBlock(4 * w, 8 * w, 2)
+        self.out_channels = [2 * w, 4 * w, 8 * w]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        c3 = self.layer2(self.layer1(self.stem(x)))
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c3, c4, c5]
+
+
+def build_backbone(cfg) -> nn.Module:
+    if cfg.backbone == "tiny":
+        return TinyBackbone(cfg.backbone_width)
+    return ResNetBackbone(cfg.backbone, cfg.pretrained, cfg.frozen_stages, cfg.backbone_norm)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a small synthetic dataset and a briefly trained tiny run (session-scoped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO128 = REPO.parent / "shared" / "data" / "coco128"
+
+# Keep the suite inside 2 cores: no oversubscription from nested thread pools.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """24 train / 12 val synthetic images (the embedded default's generator, small)."""
+    from swdet.data.synth import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(out, n_train=24, n_val=12, seed=3)
+    return out
+
+
+TINY_TRAIN = ["--model", "retinanet_tiny", "--imgsz", "128", "--batch-size", "4", "--workers", "0",
+              "--quiet", "--set", "train.log_every=2", "--set", "train.warmup_iters=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_data, tmp_path_factory) -> Path:
+    """A retinanet_tiny run directory trained for 6 iterations at 128 px (weights barely trained)."""
+    from swdet.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    rc = main(["train", "--data", str(synth_data), "--iters", "6", "--out", str(out), *TINY_TRAIN])
+    assert rc == 0
+    return out

@@ -1,0 +1,157 @@
+"""The one weighted loss every method plugs into (SWN, Eq. 2).
+
+    L = 1/N1 · Σ_i s_i^cls · L_i^cls  +  λ_reg/N2 · Σ_i s_i^reg · L_i^reg  +  extra terms
+
+``L_i^cls`` is the element-wise base classification loss (focal, BCE or GHM-C) over every
+non-ignored sample and class, ``L_i^reg`` the per-positive regression loss (smooth L1 on the
+deltas, L1, or GIoU on the decoded boxes); ``N1 = N2 = max(P, 1)`` (GHM-C normalizes itself).
+Each method's weights multiply in the order the methods are given; see
+:mod:`swdet.train.methods.base` for the protocol.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from swdet.boxes import BoxCoder, elementwise_iou
+from swdet.train import losses as L
+from swdet.train.assign import IGNORE, Assignment
+from swdet.train.methods.base import Method, SampleRecord
+
+
+class ClassificationLoss:
+    """Element-wise base classification loss: ``focal``, ``bce`` or ``ghm`` (GHM-C)."""
+
+    def __init__(self, kind: str = "focal", *, alpha: float = 0.25, gamma: float = 2.0, bins: int = 10,
+                 momentum: float = 0.75):
+        if kind not in ("focal", "bce", "ghm"):
+            raise ValueError(f"unknown classification loss {kind!r}")
+        self.kind, self.alpha, self.gamma, self.bins, self.momentum = kind, alpha, gamma, bins, momentum
+        self.acc_sum: Tensor | None = None  # GHM-C's EMA of the gradient-norm histogram
+
+    @property
+    def self_normalized(self) -> bool:
+        """GHM-C's density weights already divide by the number of valid elements."""
+        return self.kind == "ghm"
+
+    def __call__(self, logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+        if self.kind == "focal":
+            return L.sigmoid_focal_loss(logits, targets, self.alpha, self.gamma) * valid[:, None]
+        if self.kind == "bce":
+            return L.binary_cross_entropy(logits, targets) * valid[:, None]
+        loss, self.acc_sum = L.ghm_c_loss(logits, targets, valid, bins=self.bins, momentum=self.momentum,
+                                          acc_sum=self.acc_sum)
+        return loss * valid[:, None]
+
+    def state_dict(self) -> dict:
+        return {"acc_sum": self.acc_sum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.acc_sum = state.get("acc_sum")
+
+
+def regression_loss(kind: str, rec: SampleRecord, beta: float) -> Tensor:
+    """Per-positive regression loss ``[P]``."""
+    if kind == "smooth_l1":
+        return L.smooth_l1(rec.pred_deltas, rec.target_deltas, beta)
+    if kind == "l1":
+        return L.l1(rec.pred_deltas, rec.target_deltas)
+    if kind == "giou":
+        return L.giou_loss(rec.pred_boxes, rec.gt_boxes)
+    raise ValueError(f"unknown regression loss {kind!r}")
+
+
+def _num_pos(p: int, device) -> Tensor:
+    n = torch.tensor(float(p), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return n.clamp(min=1.0)
+
+
+def build_record(logits: Tensor, deltas: Tensor, anchors: Tensor, assign: Assignment, box_coder: BoxCoder,
+                 iteration: int = 0, head: str = "retina") -> SampleRecord:
+    """Flatten one batch into a :class:`SampleRecord`.
+
+    ``logits [B, A, C]``, ``deltas [B, A, 4]``, ``anchors [A, 4]``. Nothing here synchronizes
+    with the device: the positives' count comes from the host-side assignment.
+    """
+    b, a, c = logits.shape
+    logits = logits.reshape(b * a, c)
+    deltas = deltas.reshape(b * a, 4)
+    labels = assign.labels.reshape(-1)
+    pos_idx = assign.pos_idx
+    pred_deltas = deltas[pos_idx].float()
+    pos_anchors = anchors[pos_idx % a]
+    pred_boxes = box_coder.decode(pos_anchors, pred_deltas)
+    with torch.no_grad():
+        iou_after = elementwise_iou(pred_boxes.detach(), assign.gt_boxes)
+    prob_gt = torch.sigmoid(logits[pos_idx, assign.pos_labels].float())
+    pos_mask = torch.zeros(b * a, dtype=torch.bool, device=logits.device)
+    pos_mask[pos_idx] = True
+    return SampleRecord(
+        logits=logits, labels=labels, valid=labels != IGNORE, pos_mask=pos_mask, pos_idx=pos_idx,
+        pos_labels=assign.pos_labels, pred_deltas=pred_deltas, target_deltas=assign.target_deltas,
+        anchors=pos_anchors, gt_boxes=assign.gt_boxes, gt_ids=assign.pos_gt,
+        image_idx=torch.div(pos_idx, a, rounding_mode="floor"), iou_before=assign.iou_before,
+        iou_after=iou_after, pred_boxes=pred_boxes, prob_gt=prob_gt,
+        num_pos=_num_pos(pos_idx.shape[0], logits.device), num_classes=c, iteration=iteration, head=head,
+    )
+
+
+class WeightedLoss:
+    """``loss, parts = criterion(rec)``: the general weighted loss over one :class:`SampleRecord`.
+
+    ``parts`` holds the detached components (``cls``, ``reg`` and each extra term) for logging.
+    """
+
+    def __init__(self, cls_loss: ClassificationLoss, methods: list[Method], *, reg_loss: str = "smooth_l1",
+                 beta: float = 1.0 / 9, reg_weight: float = 1.0, prefix: str = ""):
+        self.cls_loss = cls_loss
+        self.methods = list(methods)
+        self.reg_kind, self.beta, self.reg_weight, self.prefix = reg_loss, beta, reg_weight, prefix
+        reducers = [m for m in self.methods if type(m).reduce is not Method.reduce]
+        if len(reducers) > 1:
+            raise ValueError(f"methods {[m.name for m in reducers]} both replace the loss reduction")
+        softs = [m for m in self.methods if type(m).soft_targets is not Method.soft_targets]
+        if len(softs) > 1:
+            raise ValueError(f"methods {[m.name for m in softs]} both set soft targets")
+
+    def targets(self, rec: SampleRecord) -> Tensor:
+        t = torch.zeros_like(rec.logits, dtype=torch.float32)
+        value = torch.ones(rec.num_positives, device=t.device)
+        for m in self.methods:
+            soft = m.soft_targets(rec)
+            if soft is not None:
+                value = soft.detach().float()
+        t[rec.pos_idx, rec.pos_labels] = value
+        return t
+
+    def __call__(self, rec: SampleRecord) -> tuple[Tensor, dict[str, Tensor]]:
+        cls_elem = self.cls_loss(rec.logits.float(), self.targets(rec), rec.valid)
+        reg = regression_loss(self.reg_kind, rec, self.beta)
+        extra: dict[str, Tensor] = {}
+        for m in self.methods:
+            w = m.weights(rec, cls_elem, reg)
+            if w.cls is not None:
+                cls_elem = cls_elem * (w.cls[:, None] if w.cls.dim() == 1 else w.cls)
+            if w.reg is not None:
+                reg = reg * w.reg
+            extra.update(w.extra)
+        reduced = None
+        for m in self.methods:
+            reduced = m.reduce(rec, cls_elem.sum(dim=1), reg) or reduced
+        if reduced is not None:
+            cls_loss, reg_loss, more = reduced
+            extra.update(more)
+        else:
+            cls_loss = cls_elem.sum() if self.cls_loss.self_normalized else cls_elem.sum() / rec.num_pos
+            reg_loss = reg.sum() / rec.num_pos
+        losses = {"cls": cls_loss, "reg": self.reg_weight * reg_loss, **extra}
+        for m in self.methods:
+            losses = m.finalize(losses, rec)
+        total = sum(losses.values())
+        parts = {f"{self.prefix}{k}": v.detach() for k, v in losses.items()}
+        return total, parts

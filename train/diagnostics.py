@@ -1,0 +1,99 @@
+"""Training diagnostics: how the papers show that each method works.
+
+Accumulated on the device every step (no synchronization) and summarized every logging interval:
+
+- mean score of positives by IoU bin of the regressed box (IoU-balanced Fig. 2, PISA Fig. 9);
+- mean score by IoU-HLR rank bucket (PISA Fig. 8);
+- Pearson correlation between score and IoU over positives (noisy anchors Table 7 measures it on
+  detections before NMS; :func:`prenms_score_iou_correlation` does that at evaluation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IOU_BINS = torch.tensor([0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001])
+RANK_BINS = torch.tensor([0, 5, 10, 20, 50, 100, 10**9])
+
+
+def iou_bin_labels() -> list[str]:
+    b = IOU_BINS.tolist()
+    return [f"{b[i]:.1f}-{min(b[i + 1], 1.0):.1f}" for i in range(len(b) - 1)]
+
+
+def rank_bin_labels() -> list[str]:
+    b = RANK_BINS.tolist()
+    return [f"{b[i]}-{b[i + 1] - 1}" if b[i + 1] < 10**9 else f"{b[i]}+" for i in range(len(b) - 1)]
+
+
+class Diagnostics:
+    def __init__(self, device):
+        self.device = device
+        self.iou_edges = IOU_BINS.to(device)
+        self.rank_edges = RANK_BINS.to(device)
+        self.reset(total=True)
+
+    def reset(self, total: bool = False) -> None:
+        z = lambda n: torch.zeros(n, device=self.device, dtype=torch.float64)  # noqa: E731
+        self.iou_sum, self.iou_cnt = z(len(IOU_BINS) - 1), z(len(IOU_BINS) - 1)
+        self.rank_sum, self.rank_cnt = z(len(RANK_BINS) - 1), z(len(RANK_BINS) - 1)
+        self.moments = z(6)  # n, Σx, Σy, Σxy, Σx², Σy²
+        if total:
+            self.totals = None
+
+    @torch.no_grad()
+    def update(self, rec) -> None:
+        from swdet.train.weighting import iou_hlr_rank
+
+        if rec.num_positives == 0:
+            return
+        score = rec.prob_gt.detach().double()
+        iou = rec.iou_after.double()
+        b = (torch.bucketize(iou, self.iou_edges.double(), right=True) - 1).clamp(0, len(IOU_BINS) - 2)
+        self.iou_sum.index_add_(0, b, score)
+        self.iou_cnt.index_add_(0, b, torch.ones_like(score))
+        rank = iou_hlr_rank(rec.iou_after, rec.gt_ids, rec.pos_labels)
+        r = (torch.bucketize(rank, self.rank_edges, right=True) - 1).clamp(0, len(RANK_BINS) - 2)
+        self.rank_sum.index_add_(0, r, score)
+        self.rank_cnt.index_add_(0, r, torch.ones_like(score))
+        self.moments += torch.stack([torch.ones_like(score).sum(), score.sum(), iou.sum(), (score * iou).sum(),
+                                     (score * score).sum(), (iou * iou).sum()])
+
+    @staticmethod
+    def _corr(m: list[float]) -> float:
+        n, sx, sy, sxy, sxx, syy = m
+        if n < 2:
+            return float("nan")  # undefined: reported as null
+        cov = sxy / n - sx * sy / n**2
+        vx, vy = sxx / n - (sx / n) ** 2, syy / n - (sy / n) ** 2
+        return cov / max(1e-12, (vx * vy) ** 0.5)
+
+    def summary(self, keep: bool = False) -> dict[str, float]:
+        """Means over the interval since the last call (one synchronization), then reset.
+        ``keep`` adds the interval to the run summary (the engine keeps the last quarter)."""
+        data = torch.cat([self.iou_sum, self.iou_cnt, self.rank_sum, self.rank_cnt, self.moments]).cpu()
+        if keep:
+            self.totals = data if self.totals is None else self.totals + data
+        out = self._format(data)
+        self.reset()
+        return out
+
+    def _format(self, data: Tensor) -> dict[str, float]:
+        k, r = len(IOU_BINS) - 1, len(RANK_BINS) - 1
+        isum, icnt = data[:k], data[k:2 * k]
+        rsum, rcnt = data[2 * k:2 * k + r], data[2 * k + r:2 * k + 2 * r]
+        out = {}
+        for name, s, c in zip(iou_bin_labels(), isum.tolist(), icnt.tolist()):
+            out[f"diag/score_iou_{name}"] = s / c if c else None
+        for name, s, c in zip(rank_bin_labels(), rsum.tolist(), rcnt.tolist()):
+            out[f"diag/score_rank_{name}"] = s / c if c else None
+        corr = self._corr(data[-6:].tolist())
+        out["diag/score_iou_corr"] = None if corr != corr else corr  # JSON has no NaN
+        return out
+
+    def final_summary(self) -> dict[str, float]:
+        """Over the kept intervals (what ``metrics.json`` records)."""
+        if self.totals is None:
+            return {}
+        return self._format(self.totals)

@@ -1,0 +1,585 @@
+"""The training engine: one loop for every detector, method, device and process count.
+
+``train(cfg, out_dir, resume=False)`` writes the run directory of DESIGN.md:
+
+- ``checkpoints/last.pt``: full training state, written atomically every ``ckpt_every``
+  iterations and at the end (model, weighting networks, optimizers, scheduler, scaler,
+  iteration, RNG, data position, method state, cached statistics);
+- ``model.safetensors`` + ``model.json``: the deployable artifact (the detector only);
+- ``log.jsonl``, ``metrics.json``, ``plots/``.
+
+The step has no host-device synchronization on CUDA: positives are counted on the host when the
+batch is collated, losses are accumulated on the device and read every ``log_every`` steps, and
+a non-finite loss skips the update through the fused optimizers' ``found_inf`` flag (the
+mechanism ``torch.amp.GradScaler`` uses). On the CPU the same check is a plain branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from swdet.artifact import atomic_write_json, build_metadata, save_artifact
+from swdet.boxes import BoxCoder
+from swdet.config import Config
+from swdet.errors import SwdetError, TrainingDiverged
+from swdet.models import RETINANET_BOX_WEIGHTS, build_model, count_parameters
+from swdet.models.anchors import generate_anchors
+from swdet.train.assign import TargetAssigner
+from swdet.train.checkpoint import load_checkpoint, save_checkpoint
+from swdet.train.criterion import ClassificationLoss, WeightedLoss, build_record
+from swdet.train.diagnostics import Diagnostics
+from swdet.train.methods import MethodSet, build_methods
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices, processes, seeds
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SwdetError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def setup_runtime(device_name: str) -> Runtime:
+    """Single process, or the process group ``torchrun`` describes (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Runtime(resolve_device(device_name))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, rank, world, local)
+
+
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic and device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule
+
+
+def lr_factor(it: int, total: int, cfg) -> float:
+    """Linear warmup from ``warmup_factor``, then step decay (``gamma`` at each fraction in
+    ``steps``) or cosine to zero. ``it`` counts from 0."""
+    warm = 1.0
+    if it < cfg.warmup_iters:
+        alpha = it / max(1, cfg.warmup_iters)
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    if cfg.schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(it, total) / max(1, total)))
+    milestones = [round(s * total) if s <= 1 else int(s) for s in cfg.steps]
+    return warm * cfg.gamma ** sum(it >= m for m in milestones)
+
+
+def amp_dtype(cfg_amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg_amp == "none":
+        return None
+    if cfg_amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg_amp]
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainable bundle: detector + training-only modules
+
+
+class TrainModule(nn.Module):
+    """What DDP wraps: the detector and the training-only weighting modules side by side.
+
+    Only ``detector`` is ever exported or written to the artifact; ``weighting`` lives in
+    ``checkpoints/`` alone.
+    """
+
+    def __init__(self, detector: nn.Module, weighting: nn.ModuleDict):
+        super().__init__()
+        self.detector = detector
+        self.weighting = weighting
+
+    def forward(self, images, assign, criterion_fn, iteration: int):
+        outputs = self.detector(images)
+        return criterion_fn(outputs, assign, iteration)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def find_split(cfg: Config, split: str) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` for ``train``/``val`` from ``data.*`` or ``data.root``."""
+    d = cfg.data
+    ann, images = (d.train_ann, d.train_images) if split == "train" else (d.val_ann, d.val_images)
+    if ann and images:
+        return Path(ann), Path(images)
+    if not d.root:
+        raise SwdetError("no dataset given: pass --data DIR (run `swdet data synth --out DIR` for the "
+                         "embedded synthetic default)")
+    root = Path(d.root)
+    if not root.is_dir():
+        raise SwdetError(f"{root}: data directory not found")
+    for name in (split, f"{split}2017"):
+        a = root / "annotations" / f"instances_{name}.json"
+        if a.is_file():
+            img = Path(images) if images else root / name
+            if not img.is_dir() and (root / "images" / name).is_dir():
+                img = root / "images" / name
+            if not img.is_dir():
+                raise SwdetError(f"{img}: image folder for {a.name} not found")
+            return Path(ann) if ann else a, img
+    raise SwdetError(f"{root}: no annotations/instances_{split}.json or instances_{split}2017.json")
+
+
+def build_dataset(cfg: Config, split: str, train: bool):
+    from swdet.data.coco import CocoDetection
+
+    ann, images = find_split(cfg, split)
+    return CocoDetection(ann, images, imgsz=cfg.model.imgsz, train=train, hflip=cfg.data.hflip,
+                         scale_jitter=tuple(cfg.data.scale_jitter), seed=cfg.train.seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging helpers
+
+
+class JsonlLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, iteration: int) -> None:
+        """On resume, drop records past the checkpoint so the log has no duplicated iterations."""
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("iter", 0) <= iteration:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class Accumulator:
+    """Device-side running sums of the logged quantities (read every ``log_every`` steps)."""
+
+    sums: dict = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        vals = torch.stack([self.sums[k].reshape(()) for k in keys]).cpu().tolist()  # one sync
+        out = {k: v / max(1, self.count) for k, v in zip(keys, vals)}
+        self.sums, self.count = {}, 0
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.progress = progress
+        self.rt = setup_runtime(cfg.train.device)
+        self.device = self.rt.device
+        seed_everything(cfg.train.seed + self.rt.rank, cfg.train.deterministic, self.device)
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, rt = self.cfg, self.rt
+        self.ckpt_path = self.out / "checkpoints" / "last.pt"
+        if self.resume and not self.ckpt_path.is_file():
+            raise SwdetError(f"{self.ckpt_path}: nothing to resume (no checkpoint in {self.out})")
+        self.state = load_checkpoint(self.ckpt_path) if self.resume else None
+        self.train_set = build_dataset(cfg, "train", train=True)
+        try:
+            self.val_set = build_dataset(cfg, "val", train=False)
+        except SwdetError as e:
+            if rt.is_main:
+                print(f"notice: no validation split ({e}); evaluation is skipped", file=sys.stderr)
+            self.val_set = None
+        cfg.model.num_classes = len(self.train_set.class_names)
+
+        self.methods: MethodSet = build_methods(cfg.loss.method, cfg.methods, arch=cfg.model.arch)
+        for w in self.methods.warnings:
+            if rt.is_main:
+                warnings.warn(w, stacklevel=1)
+        detector = build_model(cfg.model)
+        self.anchors_levels = generate_anchors(cfg.model)
+        self.anchors = torch.cat(self.anchors_levels)
+        self.box_coder = BoxCoder(RETINANET_BOX_WEIGHTS)
+        self.assigner = TargetAssigner(self.anchors, self.box_coder, rule=self.methods.assigner,
+                                       fg_iou=cfg.loss.fg_iou, bg_iou=cfg.loss.bg_iou,
+                                       allow_low_quality=cfg.loss.allow_low_quality,
+                                       topn=cfg.methods.noisy_anchors.topn)
+
+        # Sampling-Free statistics: N_f and N from matching anchors to every training image once.
+        self.stats = self.state.get("stats") if self.state else None
+        if self.stats is None and self.methods.needs_stats:
+            from swdet.train.stats import anchor_statistics
+
+            self.stats = anchor_statistics(self.train_set, self.assigner, cache_dir=self.out,
+                                           progress=self.progress and rt.is_main, device=self.device)
+        if self.state is None:
+            self.methods.prepare(detector, self.stats)
+
+        weighting = self.methods.modules()
+        self.module = TrainModule(detector, weighting).to(self.device)
+        if self.device.type == "cuda" and cfg.train.channels_last:
+            self.module.detector.to(memory_format=torch.channels_last)
+        self.anchors_dev = self.anchors.to(self.device)
+
+        fused = self.device.type == "cuda"
+        params = [p for p in detector.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                         weight_decay=cfg.train.weight_decay, **({"fused": True} if fused else {}))
+        self.w_optimizer = self.methods.optimizer(weighting, fused=fused)
+        self.amp = amp_dtype(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+
+        self.cls_loss = ClassificationLoss(self.methods.cls_loss, alpha=cfg.methods.focal.alpha,
+                                           gamma=cfg.methods.focal.gamma, bins=cfg.methods.ghm.bins,
+                                           momentum=cfg.methods.ghm.momentum)
+        self.criterion = WeightedLoss(self.cls_loss, self.methods.methods, reg_loss=cfg.loss.reg_loss,
+                                      beta=cfg.loss.smooth_l1_beta, reg_weight=cfg.loss.reg_weight)
+        self.diagnostics = Diagnostics(self.device)
+
+        self.model = self.module
+        if rt.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        from swdet.data.loader import build_loader
+
+        per_rank = max(1, cfg.train.batch_size // rt.world_size)
+        self.loader = build_loader(self.train_set, per_rank, train=True, workers=cfg.data.workers,
+                                   seed=cfg.train.seed,
+                                   distributed=(rt.rank, rt.world_size) if rt.distributed else None,
+                                   batch_transform=self.assigner)
+        self.iters_per_epoch = len(self.loader)
+        self.total = cfg.train.iters or cfg.train.epochs * self.iters_per_epoch
+        if self.total <= 0:
+            raise SwdetError("nothing to train: set --iters N or --epochs N (positive)")
+
+        self.start_iter = 0
+        self.history: dict = {"skipped_steps": 0}
+        if self.state is not None:
+            self._restore(self.state)
+        self.log = JsonlLog(self.out / "log.jsonl", rt.is_main)
+        if rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "checkpoints").mkdir(exist_ok=True)
+            if self.resume:
+                self.log.truncate_after(self.start_iter)
+            elif (self.out / "log.jsonl").exists():
+                (self.out / "log.jsonl").unlink()
+            atomic_write_json(self.out / "config.json", cfg.to_dict())
+
+    # -- checkpoint --------------------------------------------------------------------------
+    def _state(self, iteration: int) -> dict:
+        return {
+            "iteration": iteration,
+            "model": self.module.detector.state_dict(),
+            "weighting": self.module.weighting.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "weighting_optimizer": self.w_optimizer.state_dict() if self.w_optimizer else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "methods": self.methods.state_dict(),
+            "cls_loss": self.cls_loss.state_dict(),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "stats": self.stats,
+            "history": self.history,
+            "class_names": self.train_set.class_names,
+            "category_ids": self.train_set.category_ids,
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.module.detector.load_state_dict(state["model"])
+        self.module.weighting.load_state_dict(state["weighting"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.w_optimizer and state.get("weighting_optimizer"):
+            self.w_optimizer.load_state_dict(state["weighting_optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.methods.load_state_dict(state.get("methods", {}))
+        self.cls_loss.load_state_dict(state.get("cls_loss", {}))
+        set_rng_state(state["rng"])
+        self.history = state.get("history", self.history)
+        self.start_iter = int(state["iteration"])
+
+    def save(self, iteration: int) -> None:
+        if self.rt.is_main:
+            save_checkpoint(self.ckpt_path, self._state(iteration))
+
+    # -- the step ----------------------------------------------------------------------------
+    def _loss(self, outputs, assign, iteration):
+        logits = torch.cat(outputs["cls_logits"], 1)
+        deltas = torch.cat(outputs["bbox_deltas"], 1)
+        rec = build_record(logits, deltas, self.anchors_dev, assign, self.box_coder, iteration)
+        total, parts = self.criterion(rec)
+        self.diagnostics.update(rec)
+        return total, parts
+
+    def step(self, images, assign, iteration: int) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg.train
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        assign = assign.to(self.device)
+        factor = lr_factor(iteration, self.total, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = cfg.lr * factor
+        if self.w_optimizer is not None:
+            for g in self.w_optimizer.param_groups:
+                g["lr"] = g.setdefault("initial_lr", g["lr"]) * factor
+        autocast = (torch.autocast("cuda", dtype=self.amp) if self.amp is not None else contextlib.nullcontext())
+        with autocast:
+            total, parts = self.model(images, assign, self._loss, iteration)
+        ok = torch.isfinite(total.detach())
+        optims = [o for o in (self.optimizer, self.w_optimizer) if o is not None]
+        for o in optims:
+            o.zero_grad(set_to_none=True)
+        if self.device.type == "cpu" and not bool(ok):  # CPU: a branch costs nothing
+            return ok, parts
+        (self.scaler.scale(total) if self.scaler else total).backward()
+        if self.scaler:
+            for o in optims:
+                self.scaler.unscale_(o)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.detector.parameters(), cfg.grad_clip)
+        if self.scaler:
+            for o in optims:
+                self.scaler.step(o)
+            self.scaler.update()
+        else:
+            bad = (~ok).float()
+            for o in optims:
+                if self.device.type == "cuda":  # fused optimizers skip the update on device
+                    o.grad_scale, o.found_inf = None, bad
+                o.step()
+        return ok, parts
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        from swdet.data.loader import iterate_batches
+
+        cfg, rt = self.cfg, self.rt
+        self.module.train()
+        start = self.start_iter
+        acc = Accumulator()
+        bad_total = torch.zeros((), device=self.device)
+        bad_run = torch.zeros((), device=self.device)
+        t_start = time.perf_counter()
+        t_log, n_log = t_start, 0
+        bar = tqdm(total=self.total, initial=start, disable=not (self.progress and rt.is_main), unit="it",
+                   dynamic_ncols=True, desc="train")
+        batches = iter(iterate_batches(self.loader, start_iter=start, iters_per_epoch=self.iters_per_epoch))
+        iteration = start
+        for iteration in range(start + 1, self.total + 1):
+            epoch, (images, _targets, assign) = next(batches)
+            ok, parts = self.step(images, assign, iteration - 1)
+            bad = (~ok).float()
+            bad_total += bad
+            bad_run = (bad_run + bad) * bad
+            acc.add({**parts, **self.methods.diagnostics()})
+            n_log += 1
+            bar.update(1)
+            last = iteration == self.total
+            if iteration % cfg.train.log_every == 0 or last:
+                means = acc.means()
+                consecutive, skipped = int(bad_run), int(bad_total)  # sync once per log interval
+                now = time.perf_counter()
+                rec = {"iter": iteration, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                       "it_s": n_log / max(1e-9, now - t_log), "time": now - t_start,
+                       "skipped_steps": self.history["skipped_steps"] + skipped,
+                       **{k: v for k, v in means.items()},
+                       **self.diagnostics.summary(keep=iteration > 0.75 * self.total)}
+                rec["loss"] = sum(v for k, v in means.items() if k in self._loss_keys(means))
+                rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+                self.log.write(rec)
+                t_log, n_log = now, 0
+                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k in self._loss_keys(means)},
+                                refresh=False)
+                if consecutive >= cfg.train.max_bad_steps or skipped >= 2 * cfg.train.max_bad_steps + \
+                        iteration // 100:
+                    self.history["skipped_steps"] += skipped
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"training stopped at iteration {iteration}: {skipped} non-finite losses "
+                        f"({consecutive} in a row); the last good checkpoint {self.ckpt_path} is intact "
+                        "(lower train.lr or enable train.grad_clip)")
+            if cfg.train.ckpt_every and (iteration % cfg.train.ckpt_every == 0) and not last:
+                self.history["skipped_steps"] += int(bad_total)
+                bad_total.zero_()
+                self.save(iteration)
+            if cfg.train.eval_every and iteration % cfg.train.eval_every == 0 and not last and rt.is_main:
+                metrics = self.evaluate(progress=False)
+                self.log.write({"iter": iteration, **{f"val/{k}": v for k, v in metrics.items()}})
+                self.module.train()
+        bar.close()
+        self.history["skipped_steps"] += int(bad_total)
+        self.history["train_time_s"] = self.history.get("train_time_s", 0.0) + time.perf_counter() - t_start
+        self.save(iteration)
+        return {"iterations": self.total, "skipped_steps": self.history["skipped_steps"],
+                "train_time_s": self.history["train_time_s"]}
+
+    @staticmethod
+    def _loss_keys(means: dict) -> list[str]:
+        return [k for k in means if not k.startswith(("diag/", "swn/"))]
+
+    # -- evaluation and artifact -------------------------------------------------------------
+    def predictor(self):
+        from swdet.models import Predictor
+
+        return Predictor(self.module.detector, self.postprocess_config(), self.device)
+
+    def postprocess_config(self):
+        import copy
+
+        post = copy.deepcopy(self.cfg.postprocess)
+        theta = self.threshold_info()
+        if theta["source"] == "sampling_free":
+            post.score_threshold = theta["theta"]
+        return post
+
+    def threshold_info(self) -> dict:
+        if self.methods.sets_threshold and self.stats:
+            from swdet.train.weighting import adaptive_threshold
+
+            theta = float(adaptive_threshold(self.stats["num_fg"], self.stats["num_all"]))
+            return {"source": "sampling_free", "rule": "N_f/N", "theta": theta,
+                    "num_fg": int(self.stats["num_fg"]), "num_all": int(self.stats["num_all"])}
+        return {"source": "default", "theta": self.cfg.postprocess.score_threshold}
+
+    def evaluate(self, progress: bool = True) -> dict:
+        if self.val_set is None:
+            return {}
+        from swdet.evaluation import evaluate_detections
+        from swdet.inference import predict_dataset
+
+        predictor = self.predictor()
+        preds = predict_dataset(predictor, self.val_set, batch_size=max(1, self.cfg.train.batch_size),
+                                workers=min(self.cfg.data.workers, 2), progress=progress and self.progress)
+        self.last_predictions = preds
+        self.last_eval = evaluate_detections(self.val_set.coco, preds)
+        return dict(self.last_eval.stats)
+
+    def write_artifact(self) -> Path:
+        meta = build_metadata(
+            self.cfg.model, self.postprocess_config(), class_names=self.train_set.class_names,
+            category_ids=self.train_set.category_ids, method=self.cfg.loss.method,
+            threshold=self.threshold_info(),
+            training={"iterations": self.total, "config": self.cfg.to_dict()},
+            num_parameters=count_parameters(self.module.detector))
+        return save_artifact(self.out, self.module.detector, meta)
+
+
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          evaluate: bool = True) -> dict:
+    """Train, write the run directory, evaluate on the val split; returns the summary."""
+    trainer = Trainer(cfg, out_dir, resume=resume, progress=progress)
+    trainer.setup()
+    summary = trainer.fit()
+    result: dict = {"out": str(trainer.out), **summary}
+    if trainer.rt.is_main:
+        trainer.write_artifact()
+        if evaluate and trainer.val_set is not None:
+            from swdet.evaluation import plot_pr_curve, write_metrics_json, write_predictions_json
+
+            stats = trainer.evaluate()
+            write_predictions_json(trainer.out / "predictions_val.json", trainer.last_predictions)
+            diag = trainer.diagnostics.final_summary()
+            write_metrics_json(trainer.out / "metrics.json", trainer.last_eval,
+                               extra={"train": summary, "method": trainer.cfg.loss.method,
+                                      "threshold": trainer.threshold_info(), "diagnostics": diag})
+            (trainer.out / "plots").mkdir(exist_ok=True)
+            plot_pr_curve(trainer.last_eval, trainer.out / "plots" / "pr_curve.png")
+            result["metrics"] = stats
+            result["eval"] = trainer.last_eval
+        from swdet.train.plots import plot_run
+
+        plot_run(trainer.out)
+    if trainer.rt.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result

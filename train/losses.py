@@ -1,0 +1,159 @@
+"""Elementwise (unreduced) base losses of the training loss framework.
+
+Classification losses take logits and targets ``[N, C]`` and return ``[N, C]``; box losses take
+``[P, 4]`` pairs and return ``[P]`` (summed over the four coordinates). Nothing here reduces over
+samples: the weighting methods (:mod:`swdet.train.weighting`) multiply the per-sample losses by
+their weights and the trainer normalizes the sums. All functions are vectorized and
+device-agnostic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from swdet.boxes import generalized_iou
+
+__all__ = [
+    "sigmoid_focal_loss",
+    "binary_cross_entropy",
+    "ghm_c_loss",
+    "smooth_l1",
+    "l1",
+    "giou_loss",
+]
+
+
+def binary_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy with logits, elementwise:
+
+    ``BCE(x, t) = -t · log σ(x) - (1 - t) · log(1 - σ(x)) = max(x, 0) - x·t + log(1 + e^{-|x|})``
+
+    (the right-hand form is the numerically stable one). ``targets`` may be soft, in ``[0, 1]``.
+    """
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017), elementwise.
+
+    For a hard target ``t ∈ {0, 1}`` with ``p = σ(x)``::
+
+        FL = -α (1 - p)^γ log p              if t = 1
+        FL = -(1 - α) p^γ log(1 - p)          if t = 0
+
+    For a soft target ``t ∈ [0, 1]`` (cleanliness soft labels) this uses the standard
+    generalization::
+
+        FL(x, t) = α_t · |t - p|^γ · BCE(x, t),   α_t = α·t + (1 - α)·(1 - t)
+
+    which equals the hard-label formula at ``t ∈ {0, 1}`` (``|1 - p| = 1 - p``, ``|0 - p| = p``).
+    ``alpha < 0`` disables the α balancing (``α_t = 1``). ``gamma = 0`` gives (α-balanced) BCE.
+    Defaults ``α = 0.25, γ = 2`` are the paper's.
+
+    Returns:
+        ``[N, C]`` (the shape of ``logits``).
+    """
+    targets = targets.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    loss = ce * (targets - p).abs().pow(gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1.0 - alpha) * (1.0 - targets)) * loss
+    return loss
+
+
+def ghm_c_loss(
+    logits: Tensor,
+    targets: Tensor,
+    valid: Tensor | None = None,
+    bins: int = 10,
+    momentum: float = 0.75,
+    acc_sum: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GHM-C loss (Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019), elementwise.
+
+    The gradient norm of the sigmoid cross-entropy w.r.t. the logit is ``g = |p - t|`` (Eq. 3).
+    ``[0, 1]`` is cut into ``M = bins`` equal unit regions and ``R_j`` counts the valid elements
+    whose ``g`` falls in region ``j``. With the exponential moving average of Sec. "EMA"::
+
+        S_j ← μ · S_j + (1 - μ) · R_j          (μ = momentum; S starts at R on the first call)
+
+    the harmonizing weight of element ``i`` is ``β_i = N / (n · S_{ind(g_i)})``, where ``N`` is the
+    number of valid elements and ``n`` the number of non-empty regions in this batch (the paper's
+    ``GD(g) = S_ind(g) · M`` with ``M`` replaced by the non-empty count, so that every populated
+    region carries the same total weight ``N / n``). The GHM-C loss is (Eq. 8)::
+
+        L_GHM-C = 1/N · Σ_i β_i · BCE(p_i, t_i) = Σ_i BCE_i / (n · S_{ind(g_i)})
+
+    **Normalization**: the returned per-element loss is ``β_i · BCE_i / N``, i.e. it already
+    includes GHM-C's own ``1/N``. Its sum *is* the GHM-C loss, so the caller should divide the sum
+    by 1 -- not by the number of positives or anchors. Invalid elements return 0. The weights carry
+    no gradient.
+
+    Args:
+        logits: ``[N, C]``.
+        targets: ``[N, C]`` in ``[0, 1]``.
+        valid: ``[N]`` bool (rows to use; ignored anchors False) or None (all rows).
+        bins: number of unit regions ``M`` (10 in the paper's GHM-C).
+        momentum: EMA momentum ``μ`` (0.75 in the paper); 0 disables the EMA.
+        acc_sum: ``[bins]`` running ``S`` from the previous call, or None on the first call.
+
+    Returns:
+        ``(loss [N, C], new_acc_sum [bins])``; keep ``new_acc_sum`` for the next call.
+    """
+    targets = targets.to(logits.dtype)
+    device = logits.device
+    if valid is None:
+        valid_el = torch.ones_like(logits, dtype=torch.bool)
+    else:
+        valid_el = valid.to(device=device, dtype=torch.bool).reshape(-1, *([1] * (logits.dim() - 1)))
+        valid_el = valid_el.expand_as(logits)
+
+    with torch.no_grad():
+        g = (torch.sigmoid(logits.detach()) - targets).abs()
+        inner_edges = torch.arange(1, bins, device=device, dtype=g.dtype) / bins
+        bin_idx = torch.bucketize(g, inner_edges, right=True).clamp_(0, bins - 1)  # region j: [j/M, (j+1)/M)
+        valid_f = valid_el.to(torch.float32)
+        counts = torch.zeros(bins, device=device, dtype=torch.float32).index_add_(
+            0, bin_idx.reshape(-1), valid_f.reshape(-1)
+        )
+        if momentum > 0 and acc_sum is not None:
+            acc = momentum * acc_sum.to(device=device, dtype=torch.float32) + (1.0 - momentum) * counts
+        else:
+            acc = counts
+        num_nonempty = (counts > 0).sum().clamp(min=1).to(torch.float32)
+        # Per region 1 / (n · S_j); regions with S_j = 0 hold no valid element of this batch.
+        per_bin = torch.where(acc > 0, 1.0 / (num_nonempty * acc.clamp(min=1e-12)), torch.zeros_like(acc))
+        weights = per_bin[bin_idx] * valid_f
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights.to(logits.dtype)
+    return loss, acc.detach()
+
+
+def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9.0) -> Tensor:
+    """Smooth L1 (Girshick, Fast R-CNN), summed over the 4 coordinates:
+
+    ``sl1(d) = 0.5 d² / β  if |d| < β  else  |d| - 0.5 β``,  ``d = pred - target``
+
+    ``beta = 0`` is plain L1. ``β = 1/9`` is RetinaNet's / Detectron's default.
+
+    Returns:
+        ``[P]``.
+    """
+    diff = (pred - target).abs()
+    if beta <= 0:
+        return diff.sum(-1)
+    loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return loss.sum(-1)
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 loss summed over the 4 coordinates: ``Σ_m |pred_m - target_m|`` -> ``[P]``."""
+    return (pred - target).abs().sum(-1)
+
+
+def giou_loss(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+    """GIoU loss (Rezatofighi et al., CVPR 2019): ``1 - GIoU(pred, target)`` on matching
+    ``(x1, y1, x2, y2)`` rows -> ``[P]``, in ``[0, 2]``."""
+    return 1.0 - generalized_iou(pred_boxes, target_boxes)

@@ -1,0 +1,492 @@
+"""The weighting core: the sample-weighting arithmetic of the five papers as pure functions.
+
+Every method is a rule for per-sample weights in one general loss (SWN paper, Eq. 2)::
+
+    L = 1/N1 · Σ_i s_i^cls · L_i^cls  +  1/N2 · Σ_i s_i^reg · L_i^reg
+
+The functions below compute the ``s_i`` (or soft targets, or extra terms). They are vectorized
+(no Python loop over samples, GTs or classes), device-agnostic (everything stays on the inputs'
+device, no host-device synchronization), and accept empty inputs (zero positives). Tensors are
+1-D over the positive samples ``[P]`` unless stated.
+
+Papers (``../shared/papers``):
+
+* PISA: Cao et al., "Prime Sample Attention in Object Detection" (CVPR 2020) -- IoU-HLR, ISR, CARL.
+* IoU-balanced: Wu & Li, "IoU-balanced Loss Functions for Single-stage Object Detection".
+* Sampling-Free: Chen et al., "Is Sampling Heuristics Necessary in Training Deep Object
+  Detectors?" -- guided loss scaling, optimal bias initialization, adaptive threshold.
+* Noisy anchors: Li et al., "Learning from Noisy Anchors for One-stage Object Detection"
+  (CVPR 2020) -- cleanliness soft labels and re-weighting, top-N positive candidates.
+* SWN: Cai et al., "Learning a Unified Sample Weighting Network for Object Detection"
+  (CVPR 2020) -- the uncertainty-weighted loss terms.
+
+Where a paper and ``DESIGN.md`` differ, ``DESIGN.md`` is the chosen reading.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+from swdet.errors import SwdetError
+
+__all__ = [
+    "iou_hlr_rank",
+    "isr_weights",
+    "rescale_to",
+    "carl_weights",
+    "carl_loss",
+    "iou_balanced_cls_weights",
+    "iou_balanced_loc_weights",
+    "guided_loss_scale",
+    "optimal_prior",
+    "optimal_bias",
+    "adaptive_threshold",
+    "cleanliness",
+    "cleanliness_weights",
+    "topn_positives",
+    "swn_terms",
+]
+
+# Cleanliness re-weighting: f(x) = 1 / (1 - x) is evaluated on x clamped to [0, 1 - eps], so one
+# sample's weight is at most 1/eps before the mean-1 normalization.
+CLEANLINESS_EPS = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# PISA: IoU-HLR and Importance-based Sample Reweighting
+# ---------------------------------------------------------------------------------------------
+
+
+def _segment_starts(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """For a 1-D tensor sorted so that equal keys are contiguous, return ``(start, is_first)``:
+    the position of the first element of each element's run, and whether it opens a run."""
+    n = keys.numel()
+    pos = torch.arange(n, device=keys.device)
+    is_first = torch.ones(n, dtype=torch.bool, device=keys.device)
+    is_first[1:] = keys[1:] != keys[:-1]
+    start = torch.where(is_first, pos, torch.zeros_like(pos)).cummax(0).values
+    return start, is_first
+
+
+# IoU-HLR packs the IoU into integer sort keys: the bit pattern of a non-negative float32 is
+# order-preserving as an integer, and IoUs in [0, 1] have bit patterns in [0, _ONE_BITS] < 2^30.
+_ONE_BITS = 0x3F800000  # float32 1.0
+_IOU_SHIFT = 1 << 30
+
+
+def _hlr_rank_and_class_count(ious: Tensor, gt_ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU-HLR ranks ``[P]`` (int64) and, for each sample, ``n_j`` = positives of its class."""
+    if ious.dim() != 1 or gt_ids.shape != ious.shape or labels.shape != ious.shape:
+        raise ValueError(
+            f"iou_hlr_rank: ious, gt_ids and labels must be 1-D of one length, got "
+            f"{tuple(ious.shape)}, {tuple(gt_ids.shape)}, {tuple(labels.shape)}"
+        )
+    device = ious.device
+    p = ious.numel()
+    if p == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty.clone()
+    labels = labels.to(device=device, dtype=torch.int64)
+    gt_ids = gt_ids.to(device=device, dtype=torch.int64)
+    pos = torch.arange(p, device=device)
+
+    # IoU descending as an integer key: ONE_BITS - bits(iou) (NaN -> 0, -0.0 -> +0.0).
+    iou32 = ious.detach().to(torch.float32).nan_to_num(0.0).clamp(0.0, 1.0) + 0.0
+    iou_desc = _ONE_BITS - iou32.view(torch.int32).to(torch.int64)
+
+    # Step 1, local rank: one stable sort by (GT, IoU desc); equal keys keep the index order.
+    # gt0 < 2^33 keeps the key below 2^63 (GT ids are batch-local).
+    gt0 = gt_ids - gt_ids.min()
+    order1 = torch.sort(gt0 * _IOU_SHIFT + iou_desc, stable=True).indices
+    start1, _ = _segment_starts(gt0[order1])
+    local_rank = torch.empty(p, dtype=torch.int64, device=device)
+    local_rank[order1] = pos - start1
+
+    # Step 2, hierarchical rank: one stable sort by (class, local rank, IoU desc); local ranks
+    # are < P, so the key stays below 2^63 while (label span) * P < 2^33.
+    lab0 = labels - labels.min()
+    order2 = torch.sort((lab0 * p + local_rank) * _IOU_SHIFT + iou_desc, stable=True).indices
+    start2, first2 = _segment_starts(lab0[order2])
+    rank = torch.empty(p, dtype=torch.int64, device=device)
+    rank[order2] = pos - start2
+
+    # n_j: size of each class run (dense run ids, counted with index_add: no bincount sync).
+    run_id = first2.cumsum(0) - 1
+    run_size = torch.zeros(p, dtype=torch.int64, device=device).index_add_(
+        0, run_id, torch.ones(p, dtype=torch.int64, device=device)
+    )
+    class_count = torch.empty(p, dtype=torch.int64, device=device)
+    class_count[order2] = run_size[run_id]
+    return rank, class_count
+
+
+def iou_hlr_rank(ious: Tensor, gt_ids: Tensor, labels: Tensor) -> Tensor:
+    """IoU Hierarchical Local Rank (PISA Sec. 3, Fig. 3); 0 = most important.
+
+    Ranks are counted within each class ``j``:
+
+    1. local rank: within each GT (the samples assigned to it), order the samples by IoU
+       descending; a sample's position in that list is its IoU-LR (0 = best of its GT);
+    2. within each class, order all samples by (IoU-LR ascending, IoU descending); the position in
+       that list is the IoU-HLR ``r ∈ [0, n_j - 1]``.
+
+    Ties go to the lower sample index. Computed with two stable sorts on composite integer keys
+    ``(GT, IoU desc)`` and ``(class, local rank, IoU desc)`` and scatters (no loop); IoUs are
+    compared in float32, clamped to [0, 1] (the bit pattern of a non-negative float32 orders like
+    an integer). A GT's samples all carry its class (as in a detection batch); GT ids are
+    batch-local (their span below 2^33; label span times P below 2^33).
+
+    Args:
+        ious: ``[P]`` IoU of each positive sample's regressed box with its GT (PISA ranks by the
+            IoU *after* regression).
+        gt_ids: ``[P]`` integer GT id, unique across the batch.
+        labels: ``[P]`` integer class of each sample.
+
+    Returns:
+        ``[P]`` int64 ranks.
+    """
+    return _hlr_rank_and_class_count(ious, gt_ids, labels)[0]
+
+
+def isr_weights(ious: Tensor, gt_ids: Tensor, labels: Tensor, gamma: float = 2.0, beta: float = 0.0) -> Tensor:
+    """Importance-based Sample Reweighting weights (PISA Eq. 1-2), unnormalized.
+
+    ``u_i = (n_j - r_i) / n_j``  (Eq. 1), with ``r_i`` the IoU-HLR of sample ``i``
+    (:func:`iou_hlr_rank`) and ``n_j`` the number of positives of its class ``j``;
+
+    ``w_i = ((1 - β) u_i + β)^γ``  (Eq. 2).
+
+    The paper's best setting is ``γ = 2, β = 0`` (Table 5). The weights carry no gradient;
+    normalize them to the positives' loss sum with :func:`rescale_to` (PISA Eq. 3).
+
+    Returns:
+        ``[P]`` weights in the floating dtype of ``ious`` (float32 if ``ious`` is not floating).
+    """
+    dtype = ious.dtype if ious.is_floating_point() else torch.float32
+    rank, count = _hlr_rank_and_class_count(ious, gt_ids, labels)
+    n = count.to(dtype)
+    u = (n - rank.to(dtype)) / n.clamp(min=1)
+    return ((1.0 - beta) * u + beta).pow(gamma)
+
+
+def rescale_to(weights: Tensor, losses: Tensor) -> Tensor:
+    """Rescale weights so the weighted loss sum equals the unweighted one (PISA Eq. 3,
+    IoU-balanced Eq. 2):
+
+    ``w'_i = w_i · Σ_i L_i / Σ_i w_i L_i``
+
+    The ratio is detached (no gradient through the normalization); ``weights`` keep their own
+    gradient (CARL relies on it). ``losses`` may be ``[P]`` or ``[P, C]`` (a per-class loss such
+    as focal loss); with ``[P, C]`` and ``[P]`` weights, ``w_i`` multiplies every class of sample
+    ``i`` and the sums run over all elements. When ``Σ w_i L_i`` is 0 the ratio is 1.
+
+    Returns:
+        the rescaled weights, shaped like ``weights``.
+    """
+    w = weights.detach()
+    loss = losses.detach()
+    if w.dim() == 1 and loss.dim() == 2:
+        w = w[:, None]
+    num = loss.sum()
+    den = (w * loss).sum()
+    one = torch.ones_like(den)
+    ratio = torch.where(den != 0, num / torch.where(den != 0, den, one), one)
+    return weights * ratio
+
+
+# ---------------------------------------------------------------------------------------------
+# PISA: Classification-Aware Regression Loss
+# ---------------------------------------------------------------------------------------------
+
+
+def carl_weights(scores: Tensor, k: float = 1.0, bias: float = 0.1) -> Tensor:
+    """CARL classification awareness (PISA Eq. 4):
+
+    ``v_i = ((1 - b) p_i + b)^k``,  ``c_i = v_i / ((1/n) Σ_j v_j)``
+
+    ``p_i`` is the predicted probability of the sample's GT class. The gradient flows into the
+    scores through both ``v_i`` and the mean (PISA App. A, Eq. 8). Defaults ``k = 1, b = 0.1``
+    (Table 5).
+    """
+    v = ((1.0 - bias) * scores + bias).pow(k)
+    if v.numel() == 0:
+        return v
+    return v / v.mean()
+
+
+def carl_loss(scores: Tensor, reg_losses: Tensor, k: float = 1.0, bias: float = 0.1) -> Tensor:
+    """Classification-Aware Regression Loss (PISA Eq. 4), summed over positives:
+
+    ``L_reg = Σ_i c'_i · L_i``,  ``c' = rescale_to(c, L)``,  ``c = carl_weights(p, k, b)``
+
+    ``L_i`` is the sample's regression loss (``[P]``, or ``[P, 4]`` per coordinate, which is then
+    summed). The normalization ratio ``Σ L / Σ c L`` is detached, so by PISA App. A
+    ``∂L_reg/∂p_i = R · Σ_j L_j ∂c_j/∂p_i`` -- the regression loss's gradient reaches the
+    classifier, growing with ``L_i``. Gradients also reach the regression losses (weight ``c'_i``).
+
+    Returns:
+        a scalar: the sum (divide by the regression normalizer ``N2`` yourself).
+    """
+    c = carl_weights(scores, k=k, bias=bias)
+    c_prime = rescale_to(c, reg_losses)
+    if reg_losses.dim() == 2:
+        c_prime = c_prime[:, None]
+    return (c_prime * reg_losses).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# IoU-balanced loss functions
+# ---------------------------------------------------------------------------------------------
+
+
+def iou_balanced_cls_weights(ious: Tensor, losses: Tensor, eta: float = 1.5) -> Tensor:
+    """IoU-balanced classification weights of the positives (IoU-balanced Eq. 1-2):
+
+    ``w_i = iou_i^η · Σ_i CE_i / Σ_i iou_i^η CE_i``
+
+    ``iou_i`` is the IoU of the regressed box with its GT; ``losses`` the positives' unweighted
+    classification losses, ``[P]`` or ``[P, C]``. No gradient (detached). Default ``η = 1.5``
+    (Table 4).
+
+    Returns:
+        ``[P]`` weights.
+    """
+    base = ious.detach().clamp(min=0).pow(eta)
+    return rescale_to(base, losses.detach())
+
+
+def iou_balanced_loc_weights(ious: Tensor, lam: float = 1.5, w_loc: float = 1.0) -> Tensor:
+    """IoU-balanced localization weights (IoU-balanced Eq. 4):
+
+    ``w_i = w_loc · iou_i^λ``
+
+    No gradient flows through the IoU (the paper's constraint before Eq. 6). ``w_loc`` keeps the
+    localization loss sum unchanged; the paper fixes it by hand (3.049 for ``λ = 1.5``, Table 4),
+    the trainer fixes it on the first batch.
+    """
+    return w_loc * ious.detach().clamp(min=0).pow(lam)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling-Free
+# ---------------------------------------------------------------------------------------------
+
+
+def guided_loss_scale(cls_loss: Tensor, reg_loss: Tensor, factor: float = 1.0) -> Tensor:
+    """Guided loss scaling (Sampling-Free Eq. 7-8):
+
+    ``L_cls' = L_cls · detach(factor · L_reg / L_cls)``
+
+    The forward value equals ``factor · L_reg``; the gradient is that of ``L_cls`` times the
+    detached ratio ``w = factor · L_reg / L_cls``. ``factor = 2`` for a RoI head (Sec. 3.2, the
+    box loss there is about twice the classification loss). Where ``L_cls`` is 0 the ratio is 0.
+    """
+    reg = torch.as_tensor(reg_loss, dtype=cls_loss.dtype, device=cls_loss.device).detach()
+    cls = cls_loss.detach()
+    nonzero = cls != 0
+    safe_cls = torch.where(nonzero, cls, torch.ones_like(cls))
+    ratio = torch.where(nonzero, factor * reg / safe_cls, torch.zeros_like(cls))
+    return cls_loss * ratio
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def _check_counts(num_fg, num_all, num_classes=None) -> None:
+    """Validate plain-number counts (tensors pass unchecked: no host read-back)."""
+    if _is_number(num_fg) and num_fg <= 0:
+        raise SwdetError(f"num_fg={num_fg}: the number of foreground anchors must be > 0")
+    if _is_number(num_all) and num_all <= 0:
+        raise SwdetError(f"num_all={num_all}: the number of anchors must be > 0")
+    if _is_number(num_fg) and _is_number(num_all) and num_fg > num_all:
+        raise SwdetError(f"num_fg={num_fg}: more foreground anchors than anchors ({num_all})")
+    if num_classes is not None and _is_number(num_classes) and num_classes < 1:
+        raise SwdetError(f"num_classes={num_classes}: must be >= 1")
+
+
+def optimal_prior(num_fg, num_all, num_classes):
+    """Optimal prior probability (Sampling-Free Sec. 3.2, the root of Eq. 9):
+
+    ``π = N_f / (N · C)``
+
+    ``N_f`` foreground anchors, ``N`` = foreground + background anchors (ignored ones excluded),
+    ``C`` classes. Accepts Python numbers (returns a float) or tensors (returns a tensor).
+    """
+    _check_counts(num_fg, num_all, num_classes)
+    if all(_is_number(x) for x in (num_fg, num_all, num_classes)):
+        return float(num_fg) / (float(num_all) * float(num_classes))
+    return _as_float(num_fg) / (_as_float(num_all) * _as_float(num_classes))
+
+
+def _as_float(x):
+    """Tensor counts become floating tensors (int -> float64); numbers become floats."""
+    if isinstance(x, Tensor):
+        return x if x.is_floating_point() else x.to(torch.float64)
+    return float(x)
+
+
+def optimal_bias(num_fg, num_all, num_classes):
+    """Optimal bias initialization of the sigmoid classifier (Sampling-Free Eq. 10):
+
+    ``b = -log((1 - π) / π) = -log(N·C / N_f - 1)``,  ``π`` from :func:`optimal_prior`.
+
+    Accepts Python numbers (returns a float) or tensors (returns a tensor).
+    """
+    prior = optimal_prior(num_fg, num_all, num_classes)
+    if isinstance(prior, Tensor):
+        return torch.log(prior) - torch.log1p(-prior)
+    if prior >= 1.0:
+        raise SwdetError(f"num_fg={num_fg}: every anchor is foreground for the one class; the prior is 1")
+    return math.log(prior) - math.log1p(-prior)
+
+
+def adaptive_threshold(num_fg, num_all):
+    """Adaptive inference score threshold (Sampling-Free Sec. 3.2, Table 2):
+
+    ``θ = N_f / N``
+
+    The counts come from matching the anchors to the whole training set once (no forward pass).
+    Accepts Python numbers (returns a float) or tensors (returns a tensor).
+    """
+    _check_counts(num_fg, num_all)
+    if _is_number(num_fg) and _is_number(num_all):
+        return float(num_fg) / float(num_all)
+    return _as_float(num_fg) / _as_float(num_all)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning from noisy anchors
+# ---------------------------------------------------------------------------------------------
+
+
+def cleanliness(loc_a: Tensor, cls_c: Tensor, alpha: float = 0.75) -> Tensor:
+    """Cleanliness score of the positive candidates (Noisy anchors Eq. 3):
+
+    ``c = α · loc_a + (1 - α) · cls_c``
+
+    ``loc_a`` is the IoU of the regressed box with its GT, ``cls_c`` the predicted probability of
+    its class; both are detached. Used as the soft BCE target of the positives (negatives get 0).
+    The result is clamped to ``[0, 1]``.
+    """
+    c = alpha * loc_a.detach() + (1.0 - alpha) * cls_c.detach()
+    return c.clamp(0.0, 1.0)
+
+
+def cleanliness_weights(loc_a: Tensor, cls_c: Tensor, alpha: float = 0.75, gamma: float = 1.0) -> Tensor:
+    """Cleanliness re-weighting factors of the positives (Noisy anchors Eq. 4):
+
+    ``r = (α · f(loc_a) + (1 - α) · f(cls_c))^γ``,  ``f(x) = 1 / (1 - x)``,  then ``r / mean(r)``
+
+    so the positives' weights have mean 1. Inputs are detached and clamped to
+    ``[0, 1 - CLEANLINESS_EPS]``. ``α`` weighs ``loc_a`` as in Eq. 3 (the text and Table 4c; the
+    paper's Algorithm 1 swaps it). ``γ = 1`` in the paper.
+    """
+    hi = 1.0 - CLEANLINESS_EPS
+    f_loc = 1.0 / (1.0 - loc_a.detach().clamp(0.0, hi))
+    f_cls = 1.0 / (1.0 - cls_c.detach().clamp(0.0, hi))
+    r = (alpha * f_loc + (1.0 - alpha) * f_cls).pow(gamma)
+    if r.numel() == 0:
+        return r
+    return r / r.mean()
+
+
+def topn_positives(anchor_gt_ious: Tensor, n: int = 40) -> tuple[Tensor, Tensor]:
+    """Positive candidate set ``A_pos`` of the noisy-anchors paper (Sec. 4, Algorithm 1 lines 2-5):
+
+    ``A_pos = ∪_g top-n anchors of GT g by IoU before refinement``
+
+    An anchor claimed by several GTs goes to the one it overlaps most (ties: lower GT index).
+    Anchors with IoU 0 are never claimed; ties at the n-th place go to the lower anchor index.
+
+    Args:
+        anchor_gt_ious: ``[A, G]`` IoU of every anchor with every GT of the image (G may be 0).
+        n: candidates per GT (the paper's N; 40 by default).
+
+    Returns:
+        ``(pos_mask [A] bool, gt_index [A] int64)``, ``gt_index`` -1 where negative.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SwdetError(f"topn_positives n={n!r}: must be an integer >= 1")
+    if anchor_gt_ious.dim() != 2:
+        raise ValueError(f"topn_positives: anchor_gt_ious must be [A, G], got {tuple(anchor_gt_ious.shape)}")
+    ious = anchor_gt_ious.detach()
+    num_anchors, num_gts = ious.shape
+    device = ious.device
+    if num_anchors == 0 or num_gts == 0:
+        return (torch.zeros(num_anchors, dtype=torch.bool, device=device),
+                torch.full((num_anchors,), -1, dtype=torch.int64, device=device))
+    k = min(n, num_anchors)
+    # n-th largest IoU of each GT; every anchor above it is claimed, and among anchors equal to
+    # it only as many as still fit, in anchor-index order.
+    kth = torch.topk(ious, k, dim=0).values[-1]  # [G]
+    above = ious > kth
+    tie = ious == kth
+    room = k - above.sum(0, dtype=torch.int32)  # [G]
+    claim = above | (tie & (tie.cumsum(0, dtype=torch.int32) <= room))
+    claim &= ious > 0
+    masked = torch.where(claim, ious, torch.full_like(ious, -1.0))
+    best = masked.argmax(dim=1)
+    pos_mask = claim.any(dim=1)
+    gt_index = torch.where(pos_mask, best, torch.full_like(best, -1))
+    return pos_mask, gt_index
+
+
+# ---------------------------------------------------------------------------------------------
+# SWN: unified sample weighting network
+# ---------------------------------------------------------------------------------------------
+
+
+def swn_terms(
+    m_cls: Tensor,
+    m_reg: Tensor,
+    cls_loss: Tensor,
+    reg_loss: Tensor,
+    pos_mask: Tensor,
+    lam: float = 0.5,
+    clip: float = 2.0,
+) -> tuple[Tensor, Tensor]:
+    """Per-sample SWN loss terms (SWN Eq. 9, Sec. 3.4, App. A.1.2):
+
+    ``m ← clamp(m, -clip, clip)`` (Sec. 4.2: predicted weights kept in [-2, 2]);
+
+    ``m̄_i^cls`` = mean of the clipped ``m^cls`` over the batch's positives if ``i`` is positive,
+    over its negatives otherwise (App. A.1.2, a batch-wise smoothed classification weight);
+
+    ``cls_i = exp(-2 m̄_i^cls) · L_i^cls + λ · m̄_i^cls``  for every sample;
+
+    ``reg_i = exp(-2 m_i^reg) · L_i^reg + λ · m_i^reg``  on positives, 0 elsewhere.
+
+    ``λ_1 = λ_2 = λ`` (the paper shares them; 0.5 in Table 5). Gradients reach ``m`` (inside the
+    clip range) and both losses. ``reg_loss`` of negatives is never used (it may be anything).
+
+    Args:
+        m_cls, m_reg: ``[N]`` raw weighting-network outputs (``log σ``).
+        cls_loss, reg_loss: ``[N]`` unweighted per-sample losses.
+        pos_mask: ``[N]`` bool.
+
+    Returns:
+        ``(cls_terms [N], reg_terms [N])``; sum them and normalize (``N1``, ``N2``) in the caller.
+    """
+    shape = cls_loss.shape
+    m_cls = m_cls.reshape(shape).clamp(-clip, clip)
+    m_reg = m_reg.reshape(shape).clamp(-clip, clip)
+    pos = pos_mask.reshape(shape).to(device=cls_loss.device, dtype=torch.bool)
+    neg = ~pos
+    zero = torch.zeros_like(m_cls)
+    n_pos = pos.sum().clamp(min=1).to(m_cls.dtype)
+    n_neg = neg.sum().clamp(min=1).to(m_cls.dtype)
+    mean_pos = torch.where(pos, m_cls, zero).sum() / n_pos
+    mean_neg = torch.where(neg, m_cls, zero).sum() / n_neg
+    m_bar = torch.where(pos, mean_pos, mean_neg)
+    cls_terms = torch.exp(-2.0 * m_bar) * cls_loss + lam * m_bar
+
+    reg_safe = torch.where(pos, reg_loss, torch.zeros_like(reg_loss))
+    m_reg_safe = torch.where(pos, m_reg, torch.zeros_like(m_reg))
+    reg_all = torch.exp(-2.0 * m_reg_safe) * reg_safe + lam * m_reg_safe
+    reg_terms = torch.where(pos, reg_all, torch.zeros_like(reg_all))
+    return cls_terms, reg_terms
