@@ -6,7 +6,6 @@ with one line on stderr and a non-zero exit, never a traceback (set ``SWDET_DEBU
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

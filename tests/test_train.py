@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +83,7 @@ def test_non_finite_loss_is_skipped_then_repeated_ones_stop(synth_data, tmp_path
                              "train.ckpt_every=2", "train.max_bad_steps=3"])
     trainer = Trainer(cfg, tmp_path / "nan", progress=False)
     trainer.setup()
-    real = trainer.criterion
+    real = trainer.loss.criterion
     calls = {"n": 0}
 
     def poisoned(rec):
@@ -94,7 +93,7 @@ def test_non_finite_loss_is_skipped_then_repeated_ones_stop(synth_data, tmp_path
         bad = calls["n"] == 2 or calls["n"] >= 6
         return (total * float("nan") if bad else total), parts
 
-    trainer.criterion = poisoned
+    trainer.loss.criterion = poisoned
     before = {k: v.clone() for k, v in trainer.module.detector.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="non-finite"):
         trainer.fit()

@@ -33,16 +33,12 @@ import torch.distributed as dist
 from torch import nn
 
 from swdet.artifact import atomic_write_json, build_metadata, save_artifact
-from swdet.boxes import BoxCoder
 from swdet.config import Config
 from swdet.errors import SwdetError, TrainingDiverged
-from swdet.models import RETINANET_BOX_WEIGHTS, build_model, count_parameters
-from swdet.models.anchors import generate_anchors
-from swdet.train.assign import TargetAssigner
+from swdet.models import build_model, count_parameters
 from swdet.train.checkpoint import load_checkpoint, save_checkpoint
-from swdet.train.criterion import ClassificationLoss, WeightedLoss, build_record
-from swdet.train.diagnostics import Diagnostics
 from swdet.train.methods import MethodSet, build_methods
+from swdet.train.retina_loss import build_detector_loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,20 +278,14 @@ class Trainer:
             if rt.is_main:
                 warnings.warn(w, stacklevel=1)
         detector = build_model(cfg.model)
-        self.anchors_levels = generate_anchors(cfg.model)
-        self.anchors = torch.cat(self.anchors_levels)
-        self.box_coder = BoxCoder(RETINANET_BOX_WEIGHTS)
-        self.assigner = TargetAssigner(self.anchors, self.box_coder, rule=self.methods.assigner,
-                                       fg_iou=cfg.loss.fg_iou, bg_iou=cfg.loss.bg_iou,
-                                       allow_low_quality=cfg.loss.allow_low_quality,
-                                       topn=cfg.methods.noisy_anchors.topn)
+        self.loss = build_detector_loss(cfg, self.methods, self.device)
 
         # Sampling-Free statistics: N_f and N from matching anchors to every training image once.
         self.stats = self.state.get("stats") if self.state else None
         if self.stats is None and self.methods.needs_stats:
             from swdet.train.stats import anchor_statistics
 
-            self.stats = anchor_statistics(self.train_set, self.assigner, cache_dir=self.out,
+            self.stats = anchor_statistics(self.train_set, self.loss.stats_assigner, cache_dir=self.out,
                                            progress=self.progress and rt.is_main, device=self.device)
         if self.state is None:
             self.methods.prepare(detector, self.stats)
@@ -304,7 +294,6 @@ class Trainer:
         self.module = TrainModule(detector, weighting).to(self.device)
         if self.device.type == "cuda" and cfg.train.channels_last:
             self.module.detector.to(memory_format=torch.channels_last)
-        self.anchors_dev = self.anchors.to(self.device)
 
         fused = self.device.type == "cuda"
         params = [p for p in detector.parameters() if p.requires_grad]
@@ -314,13 +303,7 @@ class Trainer:
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
-        self.cls_loss = ClassificationLoss(self.methods.cls_loss, alpha=cfg.methods.focal.alpha,
-                                           gamma=cfg.methods.focal.gamma, bins=cfg.methods.ghm.bins,
-                                           momentum=cfg.methods.ghm.momentum)
-        self.criterion = WeightedLoss(self.cls_loss, self.methods.methods, reg_loss=cfg.loss.reg_loss,
-                                      beta=cfg.loss.smooth_l1_beta, reg_weight=cfg.loss.reg_weight)
-        self.diagnostics = Diagnostics(self.device)
-
+        self.diagnostics = self.loss.diagnostics
         self.model = self.module
         if rt.distributed:
             self.model = nn.parallel.DistributedDataParallel(
@@ -332,7 +315,7 @@ class Trainer:
         self.loader = build_loader(self.train_set, per_rank, train=True, workers=cfg.data.workers,
                                    seed=cfg.train.seed,
                                    distributed=(rt.rank, rt.world_size) if rt.distributed else None,
-                                   batch_transform=self.assigner)
+                                   batch_transform=self.loss.assigner)
         self.iters_per_epoch = len(self.loader)
         self.total = cfg.train.iters or cfg.train.epochs * self.iters_per_epoch
         if self.total <= 0:
@@ -362,7 +345,7 @@ class Trainer:
             "weighting_optimizer": self.w_optimizer.state_dict() if self.w_optimizer else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "methods": self.methods.state_dict(),
-            "cls_loss": self.cls_loss.state_dict(),
+            "loss": self.loss.state_dict(),
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "stats": self.stats,
@@ -380,7 +363,7 @@ class Trainer:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.methods.load_state_dict(state.get("methods", {}))
-        self.cls_loss.load_state_dict(state.get("cls_loss", {}))
+        self.loss.load_state_dict(state.get("loss", {}))
         set_rng_state(state["rng"])
         self.history = state.get("history", self.history)
         self.start_iter = int(state["iteration"])
@@ -390,14 +373,6 @@ class Trainer:
             save_checkpoint(self.ckpt_path, self._state(iteration))
 
     # -- the step ----------------------------------------------------------------------------
-    def _loss(self, outputs, assign, iteration):
-        logits = torch.cat(outputs["cls_logits"], 1)
-        deltas = torch.cat(outputs["bbox_deltas"], 1)
-        rec = build_record(logits, deltas, self.anchors_dev, assign, self.box_coder, iteration)
-        total, parts = self.criterion(rec)
-        self.diagnostics.update(rec)
-        return total, parts
-
     def step(self, images, assign, iteration: int) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg.train
         images = images.to(self.device, non_blocking=True)
@@ -412,7 +387,7 @@ class Trainer:
                 g["lr"] = g.setdefault("initial_lr", g["lr"]) * factor
         autocast = (torch.autocast("cuda", dtype=self.amp) if self.amp is not None else contextlib.nullcontext())
         with autocast:
-            total, parts = self.model(images, assign, self._loss, iteration)
+            total, parts = self.model(images, assign, self.loss, iteration)
         ok = torch.isfinite(total.detach())
         optims = [o for o in (self.optimizer, self.w_optimizer) if o is not None]
         for o in optims:

@@ -1,0 +1,66 @@
+"""RetinaNet's training loss: host-side anchor assignment + the general weighted loss.
+
+A *detector loss* is what the engine needs from an architecture:
+
+- ``assigner``: a picklable callable applied to each collated batch in the loader workers,
+  ``(images, targets) -> (images, targets, assignment)`` (assignment must have ``.to(device)``);
+- ``__call__(outputs, assignment, iteration) -> (total, parts)`` on the device;
+- ``diagnostics`` (:class:`~swdet.train.diagnostics.Diagnostics`), ``state_dict`` /
+  ``load_state_dict`` for state that must survive ``--resume``, and ``stats_assigner`` (the
+  matcher the Sampling-Free statistics pass uses).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swdet.boxes import BoxCoder
+from swdet.models import RETINANET_BOX_WEIGHTS
+from swdet.models.anchors import generate_anchors
+from swdet.train.assign import TargetAssigner
+from swdet.train.criterion import ClassificationLoss, WeightedLoss, build_record
+from swdet.train.diagnostics import Diagnostics
+
+
+def classification_loss(cfg, kind: str) -> ClassificationLoss:
+    return ClassificationLoss(kind, alpha=cfg.methods.focal.alpha, gamma=cfg.methods.focal.gamma,
+                              bins=cfg.methods.ghm.bins, momentum=cfg.methods.ghm.momentum)
+
+
+class RetinaNetLoss:
+    def __init__(self, cfg, methods, device):
+        self.device = device
+        anchors = torch.cat(generate_anchors(cfg.model))
+        self.box_coder = BoxCoder(RETINANET_BOX_WEIGHTS)
+        self.assigner = TargetAssigner(anchors, self.box_coder, rule=methods.assigner, fg_iou=cfg.loss.fg_iou,
+                                       bg_iou=cfg.loss.bg_iou, allow_low_quality=cfg.loss.allow_low_quality,
+                                       topn=cfg.methods.noisy_anchors.topn)
+        self.stats_assigner = self.assigner
+        self.anchors = anchors.to(device)
+        self.cls_loss = classification_loss(cfg, methods.cls_loss)
+        self.criterion = WeightedLoss(self.cls_loss, methods.methods, reg_loss=cfg.loss.reg_loss,
+                                      beta=cfg.loss.smooth_l1_beta, reg_weight=cfg.loss.reg_weight)
+        self.diagnostics = Diagnostics(device)
+
+    def __call__(self, outputs, assign, iteration: int):
+        logits = torch.cat(outputs["cls_logits"], 1)
+        deltas = torch.cat(outputs["bbox_deltas"], 1)
+        rec = build_record(logits, deltas, self.anchors, assign, self.box_coder, iteration)
+        total, parts = self.criterion(rec)
+        self.diagnostics.update(rec)
+        return total, parts
+
+    def state_dict(self) -> dict:
+        return {"cls_loss": self.cls_loss.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cls_loss.load_state_dict(state.get("cls_loss", {}))
+
+
+def build_detector_loss(cfg, methods, device):
+    """The detector loss for ``cfg.model.arch``."""
+    if cfg.model.arch == "faster_rcnn":
+        from swdet.train.rcnn_loss import FasterRCNNLoss
+
+        return FasterRCNNLoss(cfg, methods, device)
+    return RetinaNetLoss(cfg, methods, device)
