@@ -1,0 +1,175 @@
+"""``swdet pipeline``: every stage on the embedded default, no dataset or GPU needed.
+
+1. ``data synth``: the synthetic COCO-format set (``OUT/data``), generated once;
+2. ``train``: ``retinanet_tiny`` with the baseline loss (``OUT/runs/<method>``), and a short
+   candidate run with a weighting method (default SWN: the one with a training-only network);
+3. ``export``: ONNX with post-processing baked in;
+4. ``calib``: INT8 QDQ ONNX (when the calibration stage is installed);
+5. ``eval``: COCO mAP of the PyTorch model, the FP32 ONNX and the INT8 ONNX on the val split;
+6. ``serve bench``: latency and throughput of each (batch 1 and 8);
+7. ``verify``: the candidate costs exactly what the baseline costs at test time.
+
+Everything lands in ``OUT`` (``pipeline.json`` holds the summary); a final table compares the
+runtimes side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from swdet.errors import SwdetError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# The embedded default's training recipe lives in configs/retinanet_tiny.yaml; these are the same
+# values so the pipeline runs from an installed wheel too (a test checks they agree).
+DEFAULT_TRAIN = {"model": "retinanet_tiny", "iters": 3000, "batch_size": 8}
+
+
+def _stage(name: str) -> None:
+    click.echo(click.style(f"\n== {name}", bold=True), err=True)
+
+
+def _size_mb(path: Path) -> float:
+    size = path.stat().st_size
+    data = Path(str(path) + ".data")
+    if data.exists():
+        size += data.stat().st_size
+    return round(size / 2**20, 2)
+
+
+def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | None = None,
+                 method: str = "focal", candidate: str = "swn", n_train: int = 2000, n_val: int = 300,
+                 seed: int = 0, bench_iters: int = 20, calib_images: int = 64, workers: int = 2,
+                 progress: bool = True) -> dict:
+    from swdet.config import load_config
+    from swdet.data.synth import write_synthetic_dataset
+    from swdet.evaluation import evaluate_detections, load_coco
+    from swdet.export import export_onnx
+    from swdet.inference import predict_dataset
+    from swdet.serve.bench import benchmark
+    from swdet.serve.runtimes import load_runtime
+    from swdet.serve.verify import format_verify_report, verify
+    from swdet.train.engine import train
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    summary: dict = {"out": str(out), "stages": {}}
+
+    _stage("data synth")
+    ann_val = data / "annotations" / "instances_val.json"
+    if ann_val.is_file() and (data / "annotations" / "instances_train.json").is_file():
+        click.echo(f"reusing {data}", err=True)
+    else:
+        write_synthetic_dataset(data, n_train=n_train, n_val=n_val, seed=seed, workers=workers)
+
+    def config_for(m: str, n_iters: int | None):
+        repo_cfg = Path(__file__).resolve().parents[1] / "configs" / "retinanet_tiny.yaml"
+        sets = [f"data.root={data}", f"loss.method={m}", f"data.workers={workers}"]
+        if n_iters is not None:
+            sets.append(f"train.iters={n_iters}")
+        return load_config(repo_cfg if repo_cfg.is_file() else None,
+                           sets if repo_cfg.is_file() else [f"model={DEFAULT_TRAIN['model']}",
+                                                            f"train.batch_size={DEFAULT_TRAIN['batch_size']}",
+                                                            f"train.iters={n_iters or DEFAULT_TRAIN['iters']}",
+                                                            *sets])
+
+    runs = {}
+    for tag, m, n_iters in (("baseline", method, iters), ("candidate", candidate, candidate_iters)):
+        _stage(f"train {m} ({tag})")
+        run_dir = out / "runs" / m
+        cfg = config_for(m, n_iters)
+        cfg.name = m
+        if (run_dir / "model.safetensors").is_file() and (run_dir / "metrics.json").is_file():
+            click.echo(f"reusing {run_dir}", err=True)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            res = {"train_time_s": metrics.get("train", {}).get("train_time_s")}
+        else:
+            res = train(cfg, run_dir, progress=progress, evaluate=(tag == "baseline"))
+        runs[tag] = run_dir
+        summary["stages"][f"train_{tag}"] = {"method": m, "iters": cfg.train.iters,
+                                             "time_s": res.get("train_time_s")}
+
+    _stage("export onnx")
+    onnx_fp32 = out / "model.onnx"
+    export_onnx(runs["baseline"], onnx_fp32)
+    models = [("torch", runs["baseline"], None), ("onnxruntime", onnx_fp32, _size_mb(onnx_fp32))]
+
+    try:
+        from swdet.calib import quantize_onnx
+    except ImportError:
+        quantize_onnx = None
+    if quantize_onnx is not None:
+        _stage("calib int8")
+        onnx_int8 = out / "model.int8.onnx"
+        quantize_onnx(onnx_fp32, onnx_int8, images=data / "train", num_images=calib_images)
+        models.append(("onnxruntime-int8", onnx_int8, _size_mb(onnx_int8)))
+
+    _stage("eval")
+    from swdet.data.coco import CocoDetection
+
+    coco = load_coco(ann_val)
+    rows = []
+    for name, path, size in models:
+        rt = load_runtime(path, device="cpu")
+        dataset = CocoDetection(ann_val, data / "val", imgsz=rt.imgsz, train=False, warn=False)
+        preds = predict_dataset(rt, dataset, batch_size=8, progress=progress, desc=f"eval {name}")
+        stats = evaluate_detections(coco, preds).stats
+        _stage(f"serve bench {name}")
+        bench = benchmark(rt, batch_sizes=(1, 8), iters=bench_iters, warmup=3, images=data / "val")
+        b1, b8 = bench["results"]
+        if size is None:
+            size = round(sum(f.stat().st_size for f in [path / "model.safetensors"]) / 2**20, 2)
+        rows.append({"runtime": name, "precision": rt.precision, "AP": stats["AP"], "AP50": stats["AP50"],
+                     "AP75": stats["AP75"], "latency_b1_ms": b1["latency_ms"]["p50"],
+                     "throughput_b8_ips": b8["throughput_ips"], "size_mb": size})
+        rt.close()
+    summary["stages"]["runtimes"] = rows
+
+    _stage(f"verify {method} vs {candidate}")
+    onnx_cand = out / f"{candidate}.onnx"
+    export_onnx(runs["candidate"], onnx_cand)
+    report = verify(onnx_fp32, onnx_cand, rounds=10)
+    click.echo(format_verify_report(report), err=True)
+    summary["stages"]["verify"] = report.to_dict()
+    summary["verify_ok"] = bool(report.ok)
+    summary["time_s"] = round(time.perf_counter() - t0, 1)
+    from swdet.artifact import atomic_write_json
+
+    atomic_write_json(out / "pipeline.json", summary)
+    return summary
+
+
+@click.command("pipeline", context_settings=CONTEXT)
+@click.option("--out", default="runs/pipeline", show_default=True, type=click.Path(file_okay=False))
+@click.option("--iters", type=click.IntRange(min=1), help="Training iterations of the baseline (default: the config's).")
+@click.option("--candidate-iters", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Training iterations of the candidate (its test-time cost does not depend on them).")
+@click.option("--method", default="focal", show_default=True, help="Baseline method.")
+@click.option("--candidate", default="swn", show_default=True, help="Candidate method for verify.")
+@click.option("--train-images", default=2000, show_default=True, type=click.IntRange(min=8))
+@click.option("--val-images", default=300, show_default=True, type=click.IntRange(min=4))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0))
+@click.option("--quiet", is_flag=True)
+def pipeline(out, iters, candidate_iters, method, candidate, train_images, val_images, workers, quiet):
+    """Run every stage on the embedded default (synthetic data, retinanet_tiny, ONNX Runtime).
+
+    \b
+    Examples:
+      swdet pipeline                       # about 15 minutes on 2 CPU cores
+      swdet pipeline --iters 200 --train-images 200 --val-images 50 --out /tmp/quick
+    """
+    from swdet.table import format_table
+
+    summary = run_pipeline(Path(out), iters=iters, candidate_iters=candidate_iters, method=method,
+                           candidate=candidate, n_train=train_images, n_val=val_images, workers=workers,
+                           progress=not quiet)
+    click.echo(format_table(summary["stages"]["runtimes"], title=f"\nswdet pipeline ({summary['time_s']} s)"))
+    click.echo(f"verify {method} vs {candidate}: " + ("same test-time cost" if summary["verify_ok"] else "DIFFERENT"))
+    if not summary["verify_ok"]:
+        raise SwdetError("verify failed: the candidate's test-time cost differs from the baseline's")
