@@ -419,8 +419,12 @@ def build_onnx(model: nn.Module, meta: dict, settings: ExportSettings, exporter:
     from swdet.models.anchors import generate_anchors
 
     cfg = model_config_from_meta(meta)
+    if cfg.arch == "faster_rcnn":
+        from swdet.export.rcnn_export import build_rcnn_onnx
+
+        return build_rcnn_onnx(model, meta, settings, exporter=exporter)
     if cfg.arch != "retinanet" or hasattr(model, "postprocess"):
-        raise SwdetError(f"export: architecture {cfg.arch!r} is not exportable yet (RetinaNet only)")
+        raise SwdetError(f"export: architecture {cfg.arch!r} is not exportable (RetinaNet and Faster R-CNN only)")
     cfg.imgsz = settings.imgsz
     levels = list(range(cfg.min_level, cfg.max_level + 1))
     names_cls = [f"net/cls_logits_p{l}" for l in levels]

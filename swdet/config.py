@@ -58,6 +58,17 @@ class ModelConfig:
     anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     prior_prob: float = 0.01  # focal-loss bias initialization pi
     num_classes: int = 80  # set from the dataset at training time
+    # Faster R-CNN only (arch: faster_rcnn); RetinaNet ignores them. Proposal counts: "pre" per FPN
+    # level before NMS, "post" per image after it; training and inference (test) values.
+    rpn_pre_nms_topk_train: int = 2000
+    rpn_post_nms_topk_train: int = 2000
+    rpn_pre_nms_topk: int = 1000
+    rpn_post_nms_topk: int = 1000
+    rpn_nms_iou: float = 0.7
+    rpn_nms_iters_train: int = 10  # fixed-point iterations of the training-time NMS (see faster_rcnn.py)
+    roi_size: int = 7  # RoIAlign output size
+    roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (fixed: the ONNX graph uses the same)
+    box_head_dim: int = 1024  # width of the box head's two fully connected layers
 
 
 @dataclass
@@ -111,6 +122,32 @@ class LossConfig:
 
 
 @dataclass
+class RCNNConfig:
+    """Faster R-CNN training: how anchors and proposals are matched and sampled.
+
+    Defaults are the papers' setup (Ren et al. 2015 with FPN, as in mmdetection / Detectron): RPN
+    anchors are positive at IoU >= 0.7 (plus each GT's best anchors), negative below 0.3, and 256
+    are sampled per image with at most half positive; RoIs (the proposals plus the GT boxes) are
+    foreground at IoU >= 0.5, background in [0, 0.5), and 512 are sampled per image with at most a
+    quarter foreground. Methods that train on every sample (Sampling-Free; noisy anchors in the
+    RPN) skip the sampling and normalize by the positives instead of the samples
+    (``methods.sampling_free.rpn_pos_norm`` / ``roi_pos_norm`` times them for Sampling-Free).
+    """
+
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch: int = 256
+    rpn_pos_fraction: float = 0.5
+    roi_fg_iou: float = 0.5
+    roi_bg_iou_hi: float = 0.5
+    roi_bg_iou_lo: float = 0.0
+    roi_batch: int = 512
+    roi_pos_fraction: float = 0.25
+    add_gt_as_proposals: bool = True
+    roi_smooth_l1_beta: float = 1.0  # the RoI head's smooth L1 (the RPN uses loss.smooth_l1_beta, 1/9)
+
+
+@dataclass
 class FocalParams:
     alpha: float = 0.25
     gamma: float = 2.0
@@ -144,6 +181,10 @@ class SamplingFreeParams:
     roi_guided_factor: float = 2.0  # in a RoI head (Sec. 3.2: its box loss is ~2x its cls loss)
     bias_init: bool = True
     adaptive_threshold: bool = True
+    # Faster R-CNN: the unsampled heads' normalizer is this x the positives (the authors' code: the
+    # positives' per-coordinate mean box loss, halved in the RPN; keeps the sampled baseline's scale)
+    rpn_pos_norm: float = 8.0
+    roi_pos_norm: float = 4.0
 
 
 @dataclass
@@ -193,6 +234,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     methods: MethodParams = field(default_factory=MethodParams)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,11 +274,39 @@ def retinanet_r50_fpn() -> ModelConfig:
     return _retinanet_resnet(50)
 
 
+def faster_rcnn_tiny() -> ModelConfig:
+    """CPU-sized Faster R-CNN: the tiny backbone, a narrow FPN (P2-P6), one anchor size per level
+    (4·stride: 16..256 px) at 3 ratios, 300 proposals per image in training and 100 at test, a
+    2 x 256 fully connected box head."""
+    return ModelConfig(
+        name="faster_rcnn_tiny", arch="faster_rcnn", backbone="tiny", pretrained="none", backbone_norm="bn",
+        backbone_width=24, fpn_channels=64, head_channels=64, imgsz=320, min_level=2, max_level=6,
+        anchor_size=4.0, anchor_scales=[1.0], anchor_ratios=[0.5, 1.0, 2.0],
+        rpn_pre_nms_topk_train=300, rpn_post_nms_topk_train=300, rpn_pre_nms_topk=300, rpn_post_nms_topk=100,
+        box_head_dim=256,
+    )
+
+
+def faster_rcnn_r50_fpn() -> ModelConfig:
+    """The papers' Faster R-CNN (ResNet-50-FPN, P2-P6, anchors 8·stride = 32..512 px at 3 ratios,
+    RoIAlign 7x7 on P2-P5, a 2 x 1024 fully connected box head; 2000 proposals per image in
+    training, 1000 at test)."""
+    return ModelConfig(
+        name="faster_rcnn_r50_fpn", arch="faster_rcnn", backbone="resnet50", pretrained="auto",
+        backbone_norm="frozen_bn", fpn_channels=256, head_channels=256, imgsz=640, min_level=2, max_level=6,
+        anchor_size=8.0, anchor_scales=[1.0], anchor_ratios=[0.5, 1.0, 2.0],
+        rpn_pre_nms_topk_train=2000, rpn_post_nms_topk_train=2000, rpn_pre_nms_topk=1000,
+        rpn_post_nms_topk=1000, box_head_dim=1024,
+    )
+
+
 MODEL_PRESETS: dict[str, typing.Callable[[], ModelConfig]] = {
     "retinanet_tiny": retinanet_tiny,
     "retinanet_r18_fpn": retinanet_r18_fpn,
     "retinanet_r34_fpn": retinanet_r34_fpn,
     "retinanet_r50_fpn": retinanet_r50_fpn,
+    "faster_rcnn_tiny": faster_rcnn_tiny,
+    "faster_rcnn_r50_fpn": faster_rcnn_r50_fpn,
 }
 
 
@@ -387,7 +457,8 @@ def apply_override(data: dict, item: str) -> None:
 
 def validate(cfg: Config, source: str = "config") -> None:
     """Value checks that types alone do not catch."""
-    m, t = cfg.model, cfg.train
+    m, t, r = cfg.model, cfg.train, cfg.rcnn
+    two_stage = m.arch == "faster_rcnn"
     checks = [
         (m.arch in ("retinanet", "faster_rcnn"), "model.arch", "retinanet or faster_rcnn"),
         (m.backbone in ("tiny", "resnet18", "resnet34", "resnet50"), "model.backbone",
@@ -395,7 +466,9 @@ def validate(cfg: Config, source: str = "config") -> None:
         (m.imgsz >= 64 and m.imgsz % 32 == 0, "model.imgsz", "a multiple of 32, at least 64"),
         (m.head_norm in ("none", "gn"), "model.head_norm", "none or gn"),
         (m.backbone_norm in ("bn", "frozen_bn"), "model.backbone_norm", "bn or frozen_bn"),
-        (3 <= m.min_level <= m.max_level <= 7, "model.min_level/max_level", "3 <= min <= max <= 7"),
+        (3 <= m.min_level <= m.max_level <= 7 if not two_stage else 2 <= m.min_level <= min(m.max_level, 5)
+         and m.max_level <= 7, "model.min_level/max_level",
+         "3 <= min <= max <= 7" if not two_stage else "2 <= min <= 5, min <= max <= 7"),
         (0 < m.prior_prob < 1, "model.prior_prob", "in (0, 1)"),
         (t.iters >= 0, "train.iters", "non-negative"),
         (t.epochs >= 0, "train.epochs", "non-negative"),
@@ -412,6 +485,22 @@ def validate(cfg: Config, source: str = "config") -> None:
         (cfg.postprocess.pre_nms_topk >= 1, "postprocess.pre_nms_topk", "at least 1"),
         (0 <= cfg.postprocess.score_threshold < 1, "postprocess.score_threshold", "in [0, 1)"),
     ]
+    if two_stage:
+        checks += [
+            (min(m.rpn_pre_nms_topk, m.rpn_post_nms_topk, m.rpn_pre_nms_topk_train, m.rpn_post_nms_topk_train) >= 1,
+             "model.rpn_*_nms_topk*", "at least 1"),
+            (0 < m.rpn_nms_iou <= 1, "model.rpn_nms_iou", "in (0, 1]"),
+            (m.roi_size >= 1 and m.roi_sampling_ratio >= 1, "model.roi_size/roi_sampling_ratio", "at least 1"),
+            (m.box_head_dim >= 1, "model.box_head_dim", "at least 1"),
+            (0 <= r.rpn_bg_iou <= r.rpn_fg_iou <= 1, "rcnn.rpn_bg_iou/rpn_fg_iou", "0 <= bg <= fg <= 1"),
+            (0 <= r.roi_bg_iou_lo <= r.roi_bg_iou_hi <= r.roi_fg_iou <= 1, "rcnn.roi_bg_iou_lo/hi, roi_fg_iou",
+             "0 <= bg_lo <= bg_hi <= fg <= 1"),
+            (r.rpn_batch >= 1 and r.roi_batch >= 1, "rcnn.rpn_batch/roi_batch", "at least 1"),
+            (0 < r.rpn_pos_fraction <= 1 and 0 < r.roi_pos_fraction <= 1, "rcnn.*_pos_fraction", "in (0, 1]"),
+            (cfg.methods.sampling_free.rpn_pos_norm > 0 and cfg.methods.sampling_free.roi_pos_norm > 0,
+             "methods.sampling_free.rpn_pos_norm/roi_pos_norm", "positive"),
+            (m.rpn_nms_iters_train >= 2, "model.rpn_nms_iters_train", "at least 2"),
+        ]
     for ok, key, expected in checks:
         if not ok:
             raise SwdetError(f"{source}: {key} must be {expected}")

@@ -101,13 +101,14 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
     models = [("torch", runs["baseline"], None), ("onnxruntime", onnx_fp32, _size_mb(onnx_fp32))]
 
     try:
-        from swdet.calib import quantize_onnx
-    except ImportError:
-        quantize_onnx = None
-    if quantize_onnx is not None:
+        from swdet.calib import calibrate
+    except ImportError:  # a deployment without the calibration stage
+        calibrate = None
+    if calibrate is not None:
         _stage("calib int8")
         onnx_int8 = out / "model.int8.onnx"
-        quantize_onnx(onnx_fp32, onnx_int8, images=data / "train", num_images=calib_images)
+        calibrate(onnx_fp32, data / "train", onnx_int8, num_images=calib_images, method="entropy",
+                  progress=progress)
         models.append(("onnxruntime-int8", onnx_int8, _size_mb(onnx_int8)))
 
     _stage("eval")

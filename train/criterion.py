@@ -22,11 +22,13 @@ from swdet.train.methods.base import Method, SampleRecord
 
 
 class ClassificationLoss:
-    """Element-wise base classification loss: ``focal``, ``bce`` or ``ghm`` (GHM-C)."""
+    """Element-wise base classification loss: ``focal``, ``bce``, ``ghm`` (GHM-C), all sigmoid
+    over ``C`` classes, or ``softmax_ce`` (softmax over ``C + 1`` columns, background last: a
+    two-stage RoI head; :func:`swdet.train.losses.softmax_cross_entropy`)."""
 
     def __init__(self, kind: str = "focal", *, alpha: float = 0.25, gamma: float = 2.0, bins: int = 10,
                  momentum: float = 0.75):
-        if kind not in ("focal", "bce", "ghm"):
+        if kind not in ("focal", "bce", "ghm", "softmax_ce"):
             raise ValueError(f"unknown classification loss {kind!r}")
         self.kind, self.alpha, self.gamma, self.bins, self.momentum = kind, alpha, gamma, bins, momentum
         self.acc_sum: Tensor | None = None  # GHM-C's EMA of the gradient-norm histogram
@@ -41,6 +43,8 @@ class ClassificationLoss:
             return L.sigmoid_focal_loss(logits, targets, self.alpha, self.gamma) * valid[:, None]
         if self.kind == "bce":
             return L.binary_cross_entropy(logits, targets) * valid[:, None]
+        if self.kind == "softmax_ce":
+            return L.softmax_cross_entropy(logits, targets) * valid[:, None]
         loss, self.acc_sum = L.ghm_c_loss(logits, targets, valid, bins=self.bins, momentum=self.momentum,
                                           acc_sum=self.acc_sum)
         return loss * valid[:, None]

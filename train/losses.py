@@ -18,6 +18,7 @@ from swdet.boxes import generalized_iou
 __all__ = [
     "sigmoid_focal_loss",
     "binary_cross_entropy",
+    "softmax_cross_entropy",
     "ghm_c_loss",
     "smooth_l1",
     "l1",
@@ -33,6 +34,24 @@ def binary_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     (the right-hand form is the numerically stable one). ``targets`` may be soft, in ``[0, 1]``.
     """
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+
+
+def softmax_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Softmax cross-entropy over ``K = C + 1`` columns, the last one background (a two-stage RoI
+    head), elementwise: ``CE[n, k] = -t[n, k] · log softmax(x[n])_k``.
+
+    ``targets [N, K]`` give the foreground classes in columns ``0..C-1`` (one-hot, or a soft
+    target); the background column is recomputed as ``t[n, C] = clamp(1 - Σ_{k<C} t[n, k], 0, 1)``,
+    so a negative (all-zero row) is background. Summed over ``k`` this is the usual
+    ``-log p_label``.
+
+    Returns:
+        ``[N, K]`` (the shape of ``logits``; zero where the target is zero).
+    """
+    t = targets.to(logits.dtype)
+    bg = (1.0 - t[:, :-1].sum(1, keepdim=True)).clamp(0.0, 1.0)
+    t = torch.cat([t[:, :-1], bg], dim=1)
+    return -t * F.log_softmax(logits, dim=1)
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

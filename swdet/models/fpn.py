@@ -30,8 +30,9 @@ class FPN(nn.Module):
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         laterals = [lat(f) for lat, f in zip(self.lateral, feats)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                              mode="nearest")
+            # imgsz is a multiple of 32, so each level is exactly twice the next: a constant scale
+            # keeps Shape ops out of the exported graph (int8 convs then fuse in ONNX Runtime)
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], scale_factor=2.0, mode="nearest")
         outs = [conv(x) for conv, x in zip(self.output, laterals)]
         x = feats[-1]
         for i, conv in enumerate(self.extra):

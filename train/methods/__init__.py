@@ -20,6 +20,9 @@ from swdet.train.methods.base import Method, SampleRecord, Weights
 
 BASE_LOSSES = ("focal", "bce", "ghm")
 SAMPLERS = ("random", "ohem")  # two-stage sampling baselines
+# The methods of DESIGN.md's table for each detector (what the methods benchmark trains).
+RETINANET_METHODS = ("focal", "pisa", "iou_balanced", "sampling_free", "noisy_anchors", "swn")
+FASTER_RCNN_METHODS = ("random", "ohem", "pisa", "swn", "sampling_free", "noisy_anchors")
 
 
 def method_classes() -> dict[str, type[Method]]:
@@ -128,16 +131,24 @@ def build_methods(spec, params, arch: str = "retinanet") -> MethodSet:
     for n in names:
         if n in classes:
             methods.append(classes[n](getattr(params, n)))
+    heads = {"faster_rcnn": {"rpn", "roi"}}.get(arch, {"retina"})
+    for m in methods:
+        if not m.heads & heads:
+            raise SwdetError(f"--method {m.name}: does not apply to {arch} (it applies to "
+                             f"{', '.join(sorted(m.heads))} heads; DESIGN.md's method table)")
     # SWN consumes the losses as weighted by the others, so it goes last.
     methods.sort(key=lambda m: 1 if m.name == "swn" else 0)
-    wanted = {m.default_cls_loss for m in methods if m.default_cls_loss}
+    # Faster R-CNN: the base loss named here is the RPN's (sigmoid objectness, BCE by default); the
+    # RoI head's classifier is always a softmax cross-entropy over C + 1 classes.
+    dense = [m for m in methods if "rpn" in m.heads] if arch == "faster_rcnn" else methods
+    wanted = {m.default_cls_loss for m in dense if m.default_cls_loss}
     if bases:
         cls_loss = bases[0]
     elif len(wanted) > 1:
         raise SwdetError(f"--method {','.join(names)}: the methods use different base losses "
                          f"({', '.join(sorted(wanted))}); add the one to use, e.g. {names[0]},focal")
     else:
-        cls_loss = wanted.pop() if wanted else "focal"
+        cls_loss = wanted.pop() if wanted else ("bce" if arch == "faster_rcnn" else "focal")
     rules = {m.assigner for m in methods if m.assigner}
     if len(rules) > 1:
         raise SwdetError(f"--method {','.join(names)}: incompatible anchor assignment rules")
@@ -149,4 +160,4 @@ def build_methods(spec, params, arch: str = "retinanet") -> MethodSet:
 
 
 __all__ = ["Method", "SampleRecord", "Weights", "MethodSet", "build_methods", "parse_method_names",
-           "BASE_LOSSES", "SAMPLERS", "all_method_names"]
+           "BASE_LOSSES", "SAMPLERS", "RETINANET_METHODS", "FASTER_RCNN_METHODS", "all_method_names"]

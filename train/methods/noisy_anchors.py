@@ -14,6 +14,11 @@
 
   The paper trains RetinaNet with focal loss (the soft-target generalization of
   :func:`swdet.train.losses.sigmoid_focal_loss`), α = 0.75, γ = 1.
+
+On Faster R-CNN the method applies to the RPN only (Sec. 5.4, Table 6: "using our approach only
+for RPNs"): every anchor, the top-N positives, soft labels and re-weighting, focal loss, with the
+objectness bias at the focal-loss prior (:meth:`NoisyAnchors.prepare`); the RoI head keeps the
+random-sampling baseline.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ class NoisyAnchors(Method):
 
     def __init__(self, params):
         self.params = params
+
+    def prepare(self, model, stats) -> None:
+        """Faster R-CNN (Sec. 5.4: the approach in the RPN only): the RPN then trains like a
+        one-stage detector, focal loss on every anchor, so its objectness bias starts at the
+        focal-loss prior π (``model.prior_prob``, 0.01; Lin et al. 2017), as RetinaNet's head does.
+        Without it the ~10^4 negatives per image start at p = 0.5 and swamp the loss."""
+        head = getattr(model, "rpn_head", None)
+        if head is not None and hasattr(head, "set_prior"):
+            head.set_prior(float(model.cfg.prior_prob))
 
     def soft_targets(self, rec: SampleRecord) -> Tensor:
         """Eq. 3, ``[P]``: the positives' soft target for their GT class."""

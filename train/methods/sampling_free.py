@@ -12,9 +12,15 @@ three ingredients (Sec. 3.2):
 * **Optimal bias initialization** (Eq. 9-10): the last classification bias starts at
   ``b = -log((1-π)/π)`` with ``π = N_f/(N·C)``, the minimizer of the initial BCE; ``N_f``
   foreground and ``N`` foreground + background anchors over the whole training set, from
-  :func:`swdet.train.stats.anchor_statistics` (no forward pass). Not used in a RoI head.
+  :func:`swdet.train.stats.anchor_statistics` (no forward pass). Not used in a RoI head: on
+  Faster R-CNN it sets the RPN objectness bias (C = 1, the RPN anchors' statistics).
 * **Adaptive thresholding**: the inference score threshold becomes ``θ = N_f/N``; the trainer
   writes it into ``model.json`` (``Trainer.threshold_info``) because :attr:`sets_threshold` is set.
+  On Faster R-CNN the counts are the RPN anchors' (the only ones known without a forward pass),
+  ~1e-3 on COCO, the order of the authors' RoI-head test threshold (1e-3).
+
+On Faster R-CNN (``swdet.train.rcnn_loss``): the RPN trains on every anchor and the RoI head on
+every proposal (no sampling), guided scaling with factor 1 in the RPN and 2 in the RoI head.
 """
 
 from __future__ import annotations
@@ -47,7 +53,11 @@ class SamplingFree(Method):
         if not stats:
             raise SwdetError("--method sampling_free: the optimal bias initialization needs the anchor "
                              "statistics of the training set (none were computed)")
-        head = getattr(model, "head", None)
+        # Faster R-CNN: the RPN's objectness (one class) only; Sec. 3.2: "the optimal bias
+        # initialization is not used in RoI-subnet". RetinaNet: its classification head.
+        head = getattr(model, "rpn_head", None)
+        if head is None:
+            head = getattr(model, "head", None)
         if head is None or not hasattr(head, "set_prior"):
             raise SwdetError(f"--method sampling_free: {type(model).__name__} has no classification head "
                              "with set_prior() for the optimal bias initialization")

@@ -1,0 +1,402 @@
+"""Faster R-CNN with FPN (Ren et al. 2015; Lin et al., "Feature Pyramid Networks", 2017).
+
+The module is the deployable detector alone: input normalization, backbone, FPN, the region
+proposal network (RPN) head and the box head. Nothing training-only is a submodule of it.
+
+Stages:
+
+1. ``forward(images)`` runs the dense part (backbone, FPN ``P_min..P_max``, RPN head) and returns
+   its raw outputs, as RetinaNet does: ``{"rpn_logits": [per level [B, H·W·A, 1]],
+   "rpn_deltas": [per level [B, H·W·A, 4]], "features": [P_min..P5], "image_size": S}``. This
+   static-shape part is what ONNX export traces and what CUDA graphs capture.
+2. Proposals (:meth:`FasterRCNN.propose`): per level the ``pre`` best anchors by objectness
+   logit, decoded with the unit-weight :class:`~swdet.boxes.BoxCoder`, clipped to the canvas,
+   boxes thinner than ``MIN_SIZE`` dropped, NMS at ``rpn_nms_iou`` within each level, then the
+   ``post`` best of the image over all levels: ``proposals [B, R, 4]`` and ``valid [B, R]``
+   (fixed R = min(post, Σ pre); rows past the survivors are padding).
+3. The box head (:meth:`FasterRCNN.box_forward`): multi-level RoIAlign (FPN Eq. 1:
+   ``k = floor(k0 + log2(sqrt(wh)/224))``, k0 = 4, clamped to the RoI levels P_min..P5) with
+   ``aligned=True`` and a fixed ``sampling_ratio`` (the ONNX ``RoiAlign`` with
+   ``coordinate_transformation_mode="half_pixel"`` computes the same), two fully connected
+   layers, then ``C + 1`` class logits (background last) and class-specific deltas ``[C, 4]``
+   (box coder weights ``(10, 10, 5, 5)``).
+4. Detections (:meth:`FasterRCNN.postprocess`, :func:`detections_from_rois`): softmax, the
+   ``pre_nms_topk`` best (proposal, class) pairs, class-specific decoding and clipping, then the
+   RetinaNet tail (:func:`~swdet.models.postprocess.nms_and_pad`: score threshold, class-aware
+   NMS, ``max_det`` best in the EfficientNMS layout).
+
+Besides the proposal counts, training and inference differ in one place only, the proposal NMS.
+At inference it is the exact greedy NMS (torchvision, per image and level), matching ONNX
+``NonMaxSuppression``. In training the step must not wait for the host, and greedy NMS returns
+data-dependent sizes, so it is computed on fixed-size tensors as the fixed point of
+``keep_j = not ∃ i < j: keep_i and IoU_ij > t`` (candidates sorted by score; Cluster-NMS, Zheng
+et al. 2020) iterated ``model.rpn_nms_iters_train`` times from "keep everything". The greedy
+result is the unique fixed point and is reached once the iterations exceed the longest
+suppression chain; the even iterates never drop a box greedy NMS keeps (they approach it from
+above), so an unconverged result is a superset: a few extra near-duplicate proposals, never a
+lost one.
+
+RoIAlign over several levels is written without data-dependent indexing on CUDA: every RoI is
+pooled from every RoI level and the level of Eq. 1 is selected with a 0/1 mask (``Σ_l mask_l ·
+RoIAlign_l``). It costs ``L`` RoIAligns instead of one (a few percent of the box head's fully
+connected layers) and needs no host synchronization; the ONNX graph does the same. On the CPU,
+where a synchronization costs nothing, each RoI is pooled from its own level only (same values).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import nms, roi_align
+
+from swdet.boxes import BoxCoder, clip_boxes
+from swdet.models.anchors import generate_anchors, num_anchors_per_cell
+from swdet.models.backbone import build_backbone
+from swdet.models.postprocess import nms_and_pad
+from swdet.models.retinanet import Normalize
+
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+MIN_SIZE = 1e-3  # proposals thinner than this (pixels) are dropped (torchvision's remove_small_boxes)
+CANONICAL_SIZE = 224.0  # FPN Eq. 1: a 224x224 RoI maps to level k0
+CANONICAL_LEVEL = 4
+LEVEL_EPS = 1e-6
+LN2 = math.log(2.0)
+MAX_ROI_LEVEL = 5  # RoIs are pooled from P_min..P5; P6 and above feed the RPN only
+
+
+def roi_levels(cfg) -> list[int]:
+    """FPN levels the box head pools from: ``min_level .. min(max_level, 5)``."""
+    return list(range(cfg.min_level, min(cfg.max_level, MAX_ROI_LEVEL) + 1))
+
+
+def map_roi_levels(rois: Tensor, min_level: int, max_level: int) -> Tensor:
+    """FPN Eq. 1, ``k = clamp(floor(k0 + log2(sqrt(w·h)/224) + ε), min, max)`` as float32 in the
+    op order the ONNX graph repeats: ``sqrt(area) / 224 + ε``, ``log(·) / ln 2``, ``+ k0``, floor.
+    ``rois [..., 4]`` -> ``[...]`` (float32 level numbers)."""
+    area = (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
+    s = torch.sqrt(area) / CANONICAL_SIZE + LEVEL_EPS
+    k = torch.floor(torch.log(s) / LN2 + CANONICAL_LEVEL)
+    return k.clamp(min_level, max_level)
+
+
+def multilevel_roi_align(features: list[Tensor], levels: list[int], rois: Tensor, output_size: int,
+                         sampling_ratio: int, masked: bool | None = None) -> Tensor:
+    """RoIAlign of ``rois [B, R, 4]`` (input pixels) from the level each maps to (Eq. 1) ->
+    ``[B·R, C, S, S]`` (float32), as ``Σ_l mask_l · RoIAlign(P_l)`` (module docstring).
+    ``masked``: that sum (default on CUDA) or per-level indexing (default elsewhere); same values."""
+    b, r, _ = rois.shape
+    flat = rois.reshape(b * r, 4).float()
+    batch_idx = torch.arange(b, device=rois.device, dtype=flat.dtype).repeat_interleave(r)
+    boxes = torch.cat([batch_idx[:, None], flat], dim=1)
+    target = map_roi_levels(flat, levels[0], levels[-1])
+    if masked is None:
+        masked = rois.device.type == "cuda"
+    if not masked:
+        # CPU: no device to wait for, so pool each RoI from its own level only (same values:
+        # the masked sum below adds exact zeros). torchvision's CPU RoIAlign backward is slow.
+        pooled = None
+        for feat, level in zip(features, levels):
+            idx = (target == level).nonzero().squeeze(1)
+            out = roi_align(feat.float(), boxes[idx], output_size, spatial_scale=1.0 / 2 ** level,
+                            sampling_ratio=sampling_ratio, aligned=True)
+            if pooled is None:
+                pooled = out.new_zeros((b * r, *out.shape[1:]))
+            pooled = pooled.index_copy(0, idx, out)
+        return pooled
+    pooled = None
+    for feat, level in zip(features, levels):
+        out = roi_align(feat.float(), boxes, output_size, spatial_scale=1.0 / 2 ** level,
+                        sampling_ratio=sampling_ratio, aligned=True)
+        out = out * (target == level).to(out.dtype)[:, None, None, None]
+        pooled = out if pooled is None else pooled + out
+    return pooled
+
+
+def cluster_nms_keep(boxes: Tensor, valid: Tensor, iou_threshold: float, iters: int) -> Tensor:
+    """Fixed-size greedy NMS by fixed-point iteration (module docstring).
+
+    ``boxes [B, K, 4]`` sorted by descending score within each row, ``valid [B, K]`` ->
+    ``keep [B, K]``. ``iters`` is rounded up to an even number (the even iterates are supersets
+    of the greedy result, equal to it once converged). No host synchronization.
+    """
+    iou = _batched_iou(boxes)
+    k = boxes.shape[1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(1)  # i < j
+    s = ((iou > iou_threshold) & upper & valid[:, :, None]).to(boxes.dtype)  # s[b, i, j]: i may suppress j
+    keep = valid.clone()
+    for _ in range(iters + iters % 2):
+        suppressed = torch.einsum("bi,bij->bj", keep.to(boxes.dtype), s) > 0
+        keep = valid & ~suppressed
+    return keep
+
+
+def _batched_iou(boxes: Tensor) -> Tensor:
+    """Pairwise IoU within each row: ``[B, K, 4] -> [B, K, K]``."""
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-9)
+
+
+def decode_level_candidates(logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], pre_nms_topk: int,
+                            imgsz: int, box_coder: BoxCoder) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Per level the ``pre_nms_topk`` best anchors by objectness logit, decoded and clipped:
+    ``(boxes [B, N, 4], scores [B, N] (logits), valid [B, N], per-level counts)``."""
+    all_boxes, all_scores, counts = [], [], []
+    for lg, d, anc in zip(logits, deltas, anchors):
+        b, n = lg.shape[:2]
+        scores = lg.reshape(b, n).float()
+        k = min(pre_nms_topk, n)
+        top, idx = scores.topk(k, dim=1)
+        dl = torch.gather(d.float(), 1, idx[..., None].expand(b, k, 4))
+        all_boxes.append(clip_boxes(box_coder.decode(anc[idx], dl), imgsz, imgsz))
+        all_scores.append(top)
+        counts.append(k)
+    boxes = torch.cat(all_boxes, 1)
+    scores = torch.cat(all_scores, 1)
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes, scores, (w >= MIN_SIZE) & (h >= MIN_SIZE), counts
+
+
+def select_proposals(boxes: Tensor, scores: Tensor, keep: Tensor, post_nms_topk: int) -> tuple[Tensor, Tensor]:
+    """The ``post_nms_topk`` best kept candidates of each image (all levels): ``(proposals [B, R, 4],
+    valid [B, R])`` with R = min(post_nms_topk, N); padding rows are zero boxes."""
+    b, n = scores.shape
+    r = min(post_nms_topk, n)
+    masked = torch.where(keep, scores, torch.full_like(scores, -math.inf))
+    top, order = masked.topk(r, dim=1)
+    valid = top > -math.inf
+    props = torch.gather(boxes, 1, order[..., None].expand(b, r, 4)) * valid[..., None]
+    return props, valid
+
+
+def detections_from_rois(cls_logits: Tensor, box_deltas: Tensor, proposals: Tensor, valid: Tensor, *,
+                         imgsz: int, score_threshold: float, nms_iou: float, pre_nms_topk: int,
+                         max_det: int) -> dict[str, Tensor]:
+    """Second-stage post-processing (the ONNX graph repeats it op by op).
+
+    ``cls_logits [B, R, C+1]`` (background last), ``box_deltas [B, R, C, 4]``, ``proposals
+    [B, R, 4]``, ``valid [B, R]``: ``p = softmax(logits)[:, :, :C] · valid``; the
+    ``k = min(pre_nms_topk, R·C)`` best (proposal, class) pairs; each decoded from its proposal
+    with its class's deltas (weights (10, 10, 5, 5)) and clipped; then score > θ, class-aware NMS
+    and the ``max_det`` best (:func:`~swdet.models.postprocess.nms_and_pad`).
+    """
+    b, r, c1 = cls_logits.shape
+    c = c1 - 1
+    probs = torch.softmax(cls_logits.float(), dim=-1)[..., :c] * valid[..., None].float()
+    flat = probs.reshape(b, r * c)
+    k = min(pre_nms_topk, r * c)
+    top, idx = flat.topk(k, dim=1)
+    prop_idx = torch.div(idx, c, rounding_mode="floor")
+    classes = idx - prop_idx * c
+    d = torch.gather(box_deltas.float().reshape(b, r * c, 4), 1, idx[..., None].expand(b, k, 4))
+    props = torch.gather(proposals.float(), 1, prop_idx[..., None].expand(b, k, 4))
+    boxes = clip_boxes(BoxCoder(ROI_BOX_WEIGHTS).decode(props, d), imgsz, imgsz)
+    return nms_and_pad(boxes, top, classes, score_threshold=score_threshold, nms_iou=nms_iou, max_det=max_det)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+
+
+class RCNNFPN(nn.Module):
+    """FPN for Faster R-CNN (Lin et al. 2017): ``P_l = conv3x3(lateral(C_l) + upsample(P_{l+1}))``
+    for l = min_level..5 from C2..C5; levels above 5 by max pooling (kernel 1, stride 2) of the
+    level below, as in the FPN paper's RPN (not RetinaNet's strided convolutions)."""
+
+    def __init__(self, in_channels: list[int], out_channels: int, min_level: int = 2, max_level: int = 6):
+        super().__init__()
+        self.min_level, self.max_level = min_level, max_level
+        used = in_channels[min_level - 2:]  # C_min..C5
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in used)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in used)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        """``feats = [C2, C3, C4, C5]`` -> ``[P_min, ..., P_max]``."""
+        feats = feats[self.min_level - 2:]
+        laterals = [lat(f) for lat, f in zip(self.lateral, feats)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
+                                                              mode="nearest")
+        outs = [conv(x) for conv, x in zip(self.output, laterals)]
+        for _ in range(MAX_ROI_LEVEL + 1, self.max_level + 1):
+            outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+        return outs[: self.max_level - self.min_level + 1]
+
+
+class RPNHead(nn.Module):
+    """A shared 3x3 conv + ReLU, then per anchor one objectness logit and 4 deltas (1x1 convs).
+
+    Outputs per level ``logits [B, H·W·A, 1]`` and ``deltas [B, H·W·A, 4]`` in the anchor order of
+    :func:`swdet.models.anchors.generate_anchors`. Objectness is a sigmoid over one class; the
+    bias starts at 0 (``set_prior`` sets Sampling-Free's optimal bias, Eq. 10).
+    """
+
+    num_classes = 1
+
+    def __init__(self, channels: int, num_anchors: int):
+        super().__init__()
+        self.num_anchors = num_anchors
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 1)
+        for m in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def set_prior(self, prior_prob: float) -> None:
+        """Objectness bias ``-log((1 - π)/π)`` so every sigmoid starts at ``π``."""
+        self.cls_logits.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
+
+    def _flatten(self, x: Tensor, k: int) -> Tensor:
+        b, _, h, w = x.shape
+        return x.view(b, self.num_anchors, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * self.num_anchors, k)
+
+    def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        for f in feats:
+            t = F.relu(self.conv(f))
+            logits.append(self._flatten(self.cls_logits(t), 1))
+            deltas.append(self._flatten(self.bbox_pred(t), 4))
+        return logits, deltas
+
+
+class BoxHead(nn.Module):
+    """Two fully connected layers (``dim`` wide, ReLU) on the flattened RoI features, then the
+    class logits ``[N, C+1]`` (background last) and class-specific deltas ``[N, C·4]``."""
+
+    def __init__(self, in_features: int, dim: int, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc1 = nn.Linear(in_features, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.cls_score = nn.Linear(dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(dim, num_classes * 4)
+        for m in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(m.weight, a=1)
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        x = F.relu(self.fc1(pooled.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class FasterRCNN(nn.Module):
+    """Normalization + backbone + FPN + RPN head + box head (module docstring).
+
+    ``forward(images [B, 3, S, S], RGB 0-255)`` returns the dense outputs; in training mode also
+    ``proposals [B, R, 4]`` and ``proposal_valid [B, R]`` (fixed-size NMS, no host sync) and
+    ``box_head``: the second stage bound to this batch's features, ``rois [B, M, 4] ->
+    (cls_logits [B, M, C+1], box_deltas [B, M, C, 4])``, so the training loss can run it on the
+    RoIs it samples with the ground truth (which the network never sees).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.normalize = Normalize()
+        self.backbone = build_backbone(cfg)
+        c2 = self.backbone.out_channels[0] // 2  # layer1 width: tiny w, ResNet-18/34 64, ResNet-50 256
+        self.fpn = RCNNFPN([c2, *self.backbone.out_channels], cfg.fpn_channels, cfg.min_level, cfg.max_level)
+        self.rpn_head = RPNHead(cfg.fpn_channels, num_anchors_per_cell(cfg))
+        self.box_head = BoxHead(cfg.fpn_channels * cfg.roi_size ** 2, cfg.box_head_dim, cfg.num_classes)
+        self.roi_levels = roi_levels(cfg)
+        self.rpn_coder = BoxCoder(RPN_BOX_WEIGHTS)
+        self._anchors: dict = {}
+
+    # -- stage 1 --------------------------------------------------------------------------------
+    def backbone_features(self, x: Tensor) -> list[Tensor]:
+        """``[C2, C3, C4, C5]`` (both backbones expose ``stem`` and ``layer1..4``)."""
+        bb = self.backbone
+        c2 = bb.layer1(bb.stem(x))
+        c3 = bb.layer2(c2)
+        c4 = bb.layer3(c3)
+        return [c2, c3, c4, bb.layer4(c4)]
+
+    def anchors(self, imgsz: int, device) -> list[Tensor]:
+        key = (int(imgsz), str(device))
+        if key not in self._anchors:
+            self._anchors[key] = generate_anchors(self.cfg, imgsz, device=device)
+        return self._anchors[key]
+
+    def forward(self, images: Tensor) -> dict:
+        feats = self.fpn(self.backbone_features(self.normalize(images)))
+        logits, deltas = self.rpn_head(feats)
+        out = {"rpn_logits": logits, "rpn_deltas": deltas, "features": feats[: len(self.roi_levels)],
+               "image_size": int(images.shape[-1])}
+        if self.training:
+            with torch.no_grad():
+                out["proposals"], out["proposal_valid"] = self.propose(out, training=True)
+            out["box_head"] = partial(self.box_forward, out["features"])
+        return out
+
+    # -- proposals ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def propose(self, outputs: dict, training: bool = False) -> tuple[Tensor, Tensor]:
+        """Proposals from the RPN outputs: ``(proposals [B, R, 4], valid [B, R])`` (module
+        docstring, stage 2). ``training`` selects the train top-n and the fixed-size NMS."""
+        cfg = self.cfg
+        imgsz = int(outputs["image_size"])
+        logits, deltas = outputs["rpn_logits"], outputs["rpn_deltas"]
+        pre = cfg.rpn_pre_nms_topk_train if training else cfg.rpn_pre_nms_topk
+        post = cfg.rpn_post_nms_topk_train if training else cfg.rpn_post_nms_topk
+        dev = logits[0].device
+        with torch.autocast(dev.type, enabled=False):
+            boxes, scores, valid, counts = decode_level_candidates(logits, deltas, self.anchors(imgsz, dev), pre,
+                                                                   imgsz, self.rpn_coder)
+            if training:
+                keep = torch.cat([cluster_nms_keep(bx, vd, cfg.rpn_nms_iou, cfg.rpn_nms_iters_train) for bx, vd in
+                                  zip(boxes.split(counts, 1), valid.split(counts, 1))], dim=1)
+            else:
+                keep = exact_level_nms(boxes, scores, valid, counts, cfg.rpn_nms_iou)
+            return select_proposals(boxes, scores, keep, post)
+
+    # -- stage 2 --------------------------------------------------------------------------------
+    def box_forward(self, features: list[Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
+        """``rois [B, M, 4]`` -> ``(cls_logits [B, M, C+1], box_deltas [B, M, C, 4])``."""
+        b, m, _ = rois.shape
+        pooled = multilevel_roi_align(features, self.roi_levels, rois, self.cfg.roi_size, self.cfg.roi_sampling_ratio)
+        cls, box = self.box_head(pooled)
+        return cls.reshape(b, m, -1), box.reshape(b, m, -1, 4)
+
+    def postprocess(self, outputs: dict, post_cfg, score_threshold: float | None = None) -> dict[str, Tensor]:
+        """Detections in the EfficientNMS layout (what the ONNX graph computes)."""
+        thr = post_cfg.score_threshold if score_threshold is None else score_threshold
+        proposals, valid = self.propose(outputs, training=False)
+        cls, box = self.box_forward(outputs["features"], proposals)
+        return detections_from_rois(cls, box, proposals, valid, imgsz=int(outputs["image_size"]),
+                                    score_threshold=thr, nms_iou=post_cfg.nms_iou,
+                                    pre_nms_topk=post_cfg.pre_nms_topk, max_det=post_cfg.max_det)
+
+
+def exact_level_nms(boxes: Tensor, scores: Tensor, valid: Tensor, counts: list[int], iou_threshold: float) -> Tensor:
+    """Greedy NMS within each (image, level) group (torchvision ``nms``: suppress IoU > t), on the
+    exact coordinates (no batched-NMS coordinate offsets): ``keep [B, N]``. Inference only (it
+    synchronizes with the host)."""
+    keep = torch.zeros_like(valid)
+    start = 0
+    for k in counts:
+        for b in range(boxes.shape[0]):
+            idx = valid[b, start:start + k].nonzero().squeeze(1) + start
+            if idx.numel():
+                kept = idx[nms(boxes[b, idx], scores[b, idx], iou_threshold)]
+                keep[b, kept] = True
+        start += k
+    return keep
