@@ -7,7 +7,7 @@ image pixels and dataset category ids here, once, for all runtimes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,11 +28,14 @@ def unpack_detections(outputs: dict, index: int) -> tuple[np.ndarray, np.ndarray
 
 
 def to_coco_results(outputs: dict, letterboxes: list[Letterbox], image_ids: list[int],
-                    category_ids: list[int]) -> list[dict]:
-    """COCO results records (``bbox`` x, y, w, h in original pixels, dataset category ids)."""
+                    category_ids: list[int], keep: list[bool] | None = None) -> list[dict]:
+    """COCO results records (``bbox`` x, y, w, h in original pixels, dataset category ids).
+    ``keep[i] = False`` drops image ``i`` (an unreadable image evaluated as a blank canvas)."""
     results = []
     cat = np.asarray(category_ids)
     for i, (lb, image_id) in enumerate(zip(letterboxes, image_ids)):
+        if keep is not None and not keep[i]:
+            continue
         boxes, scores, classes = unpack_detections(outputs, i)
         if len(boxes) == 0:
             continue
@@ -63,7 +66,8 @@ def predict_dataset(infer: Callable, dataset, *, batch_size: int = 8, workers: i
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         outputs = infer(images)
         lbs = [Letterbox(t["orig_size"][0], t["orig_size"][1], images.shape[-1], t["scale"]) for t in targets]
-        results.extend(to_coco_results(outputs, lbs, [t["image_id"] for t in targets], dataset.category_ids))
+        results.extend(to_coco_results(outputs, lbs, [t["image_id"] for t in targets],
+                                       dataset.category_ids, keep=[not t.get("unreadable") for t in targets]))
     return results
 
 
