@@ -97,3 +97,41 @@ class Diagnostics:
         if self.totals is None:
             return {}
         return self._format(self.totals)
+
+
+@torch.no_grad()
+def prenms_score_iou_correlation(predictor, dataset, *, max_images: int = 200, min_score: float = 0.05,
+                                 batch_size: int = 8) -> float | None:
+    """Pearson correlation between score and localization of detections *before NMS* (noisy
+    anchors, Table 7): every top-k candidate with ``score > min_score`` on up to ``max_images``
+    evaluation images, paired with its IoU to the best-overlapping GT box (0 if none).
+
+    RetinaNet only (two-stage models return None): the candidates come from
+    :func:`swdet.models.postprocess.select_candidates`, the first half of the post-processing.
+    """
+    from swdet.boxes import box_iou
+    from swdet.data.loader import collate
+    from swdet.models.postprocess import select_candidates
+
+    if hasattr(predictor.model, "postprocess"):
+        return None
+    n = min(len(dataset), max_images)
+    xs, ys = [], []
+    for start in range(0, n, batch_size):
+        images, targets = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
+        out = predictor.model(images.to(predictor.device))
+        boxes, scores, _ = select_candidates(out["cls_logits"], out["bbox_deltas"], predictor.anchors,
+                                             predictor.box_coder, predictor.post.pre_nms_topk, predictor.cfg.imgsz)
+        for b, t in enumerate(targets):
+            keep = scores[b] > min_score
+            cand = boxes[b][keep].cpu()
+            gt = t["boxes"].float()
+            iou = box_iou(cand, gt).max(dim=1).values if len(gt) and len(cand) else torch.zeros(len(cand))
+            xs.append(scores[b][keep].cpu().double())
+            ys.append(iou.double())
+    if not xs:
+        return None
+    x, y = torch.cat(xs), torch.cat(ys)
+    if len(x) < 2 or float(x.std()) == 0 or float(y.std()) == 0:
+        return None
+    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])

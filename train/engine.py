@@ -543,7 +543,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
 
             stats = trainer.evaluate()
             write_predictions_json(trainer.out / "predictions_val.json", trainer.last_predictions)
+            from swdet.train.diagnostics import prenms_score_iou_correlation
+
             diag = trainer.diagnostics.final_summary()
+            diag["eval/prenms_score_iou_corr"] = prenms_score_iou_correlation(trainer.predictor(), trainer.val_set)
             write_metrics_json(trainer.out / "metrics.json", trainer.last_eval,
                                extra={"train": summary, "method": trainer.cfg.loss.method,
                                       "threshold": trainer.threshold_info(), "diagnostics": diag})

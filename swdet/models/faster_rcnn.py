@@ -227,8 +227,9 @@ class RCNNFPN(nn.Module):
         feats = feats[self.min_level - 2:]
         laterals = [lat(f) for lat, f in zip(self.lateral, feats)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                              mode="nearest")
+            # imgsz is a multiple of 32: each level is exactly twice the next (a constant scale keeps
+            # Shape ops out of the exported network, as in swdet.models.fpn)
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], scale_factor=2.0, mode="nearest")
         outs = [conv(x) for conv, x in zip(self.output, laterals)]
         for _ in range(MAX_ROI_LEVEL + 1, self.max_level + 1):
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
