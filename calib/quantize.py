@@ -44,7 +44,7 @@ detector with baked-in post-processing:
      are never rounded to int8 (TensorRT: an INT8 convolution with an FP32 output).
 5. **Stitch** the post-processing back, store the swdet metadata (``export.precision = "int8"``
    and a ``calibration`` section), check with the ONNX checker and
-   :func:`swdet.export.check_tensorrt_compat`, write atomically.
+   :func:`swdet.trt_rules.check_tensorrt_compat`, write atomically.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class CalibResult:
 def load_fp32_model(path: str | Path) -> tuple[onnx.ModelProto, dict, bytes]:
     """Read and validate the model to calibrate: an swdet fp32 ONNX export. Returns
     ``(model, metadata, file bytes)``; anything else is a one-line :class:`SwdetError`."""
-    from swdet.export.onnx_export import read_onnx_metadata
+    from swdet.onnx_meta import read_onnx_metadata
 
     p = Path(path)
     if not p.exists():
@@ -125,10 +125,7 @@ def load_fp32_model(path: str | Path) -> tuple[onnx.ModelProto, dict, bytes]:
     if any(n.op_type in QUANT_OPS or n.op_type in QUANTIZED_OPS for n in model.graph.node):
         raise SwdetError(f"{p}: already quantized (it has QuantizeLinear/DequantizeLinear nodes); calibrate the "
                          "fp32 export instead")
-    try:
-        meta = read_onnx_metadata(model)
-    except SwdetError as e:
-        raise SwdetError(f"{p}: {e}") from None
+    meta = read_onnx_metadata(model, str(p))
     if meta is None or meta.get("format") != "swdet-model":
         raise SwdetError(f"{p}: not an swdet model (no swdet metadata); export it with 'swdet export RUN "
                          "--format onnx'")
@@ -420,7 +417,7 @@ def _unshare_qparams(model: onnx.ModelProto) -> None:
 
 def stitch(quantized: onnx.ModelProto, split: Split, original: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
     """Quantized network + the original post-processing, outputs, opsets and metadata."""
-    from swdet.export.onnx_export import set_onnx_metadata
+    from swdet.onnx_meta import set_onnx_metadata
 
     net = quantized.graph
     have = {t.name for t in net.initializer}
@@ -440,7 +437,7 @@ def stitch(quantized: onnx.ModelProto, split: Split, original: onnx.ModelProto, 
 
 
 def _check(model: onnx.ModelProto) -> None:
-    from swdet.export.trt_check import check_tensorrt_compat, has_errors
+    from swdet.trt_rules import check_tensorrt_compat, has_errors
 
     has_plugin = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
     try:

@@ -27,7 +27,7 @@ How it is built:
 * ``onnx.checker.check_model(full_check=True)`` and strict shape inference must pass (the
   ``EfficientNMS_TRT`` plugin node has no ONNX schema: its outputs are typed by hand).
 * the ``model.json`` metadata, with the export settings under ``"export"``, is stored in
-  ``metadata_props["swdet"]`` (JSON).
+  ``metadata_props["swdet"]`` (JSON) by :func:`swdet.onnx_meta.set_onnx_metadata`.
 
 FP16 (``precision="fp16"``, for TensorRT's strongly typed mode): weights and network compute in
 float16, the input stays float32 and is cast after normalization (the mean/std constants stay
@@ -42,7 +42,6 @@ import contextlib
 import copy
 import inspect
 import io
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -66,8 +65,8 @@ from swdet.export.onnx_postprocess import (
     efficient_nms_value_infos,
     output_value_infos,
 )
+from swdet.onnx_meta import METADATA_KEY, read_onnx_metadata, set_onnx_metadata  # noqa: F401 - re-exported
 
-METADATA_KEY = "swdet"
 INPUT_NAME = "images"
 MIN_OPSET = 13  # GatherND batch_dims, ReduceSum axes as input, NonMaxSuppression-11
 MAX_OPSET = 20  # TensorRT 10.0's ONNX parser: opsets 9-20 (onnx-tensorrt docs/operators.md)
@@ -353,30 +352,6 @@ def _maybe_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # ----------------------------------------------------------------------------------------------
 # Metadata
-
-
-def read_onnx_metadata(model: onnx.ModelProto | str | Path) -> dict | None:
-    """The ``model.json`` stored in ``metadata_props["swdet"]`` (None when absent)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            try:
-                return json.loads(p.value)
-            except json.JSONDecodeError:
-                raise SwdetError(f"ONNX metadata_props[{METADATA_KEY!r}]: invalid JSON") from None
-    return None
-
-
-def set_onnx_metadata(model: onnx.ModelProto, meta: dict) -> None:
-    """Store ``meta`` (JSON) under ``metadata_props["swdet"]``, replacing an earlier entry."""
-    from swdet.artifact import _json_default
-
-    keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=_json_default)
 
 
 def export_metadata(meta: dict, settings: ExportSettings) -> dict:

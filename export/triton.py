@@ -29,7 +29,7 @@ def _onnx_facts(path: Path) -> tuple[dict, int | None, int, int]:
     """``(meta, batch or None if dynamic, imgsz, max_det)`` of an swdet ONNX file."""
     import onnx
 
-    from swdet.export.onnx_export import read_onnx_metadata
+    from swdet.onnx_meta import read_onnx_metadata
 
     try:
         proto = onnx.load(str(path), load_external_data=False)

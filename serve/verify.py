@@ -129,7 +129,7 @@ def summarize_onnx(path: str | os.PathLike) -> OnnxSummary:
     import numpy as np
     import onnx
 
-    from swdet.serve.runtimes.onnxruntime_runtime import META_KEY, parse_metadata
+    from swdet.onnx_meta import metadata_text, parse_metadata
 
     p = Path(path)
     if not p.is_file():
@@ -138,8 +138,7 @@ def summarize_onnx(path: str | os.PathLike) -> OnnxSummary:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
         raise SwdetError(f"{p}: not a valid ONNX model (truncated or corrupt file: {type(e).__name__})") from None
-    props = {m.key: m.value for m in model.metadata_props}
-    meta = parse_metadata(props.get(META_KEY), str(p))
+    meta = parse_metadata(metadata_text(model), str(p))
     ops: Counter = Counter()
     inits: dict[str, tuple[int, ...]] = {}
     _walk_graph(model.graph, ops, inits)

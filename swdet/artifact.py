@@ -15,15 +15,14 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from swdet.config import ModelConfig, PostprocessConfig, _fill
-from swdet.data.letterbox import PAD_VALUE
 from swdet.errors import SwdetError
-from swdet.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:  # torch is imported where weights are handled, so reading metadata stays light
+    import torch
+    from torch import nn
 
 FORMAT = "swdet-model"
 FORMAT_VERSION = 1
@@ -31,37 +30,90 @@ WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+# ----------------------------------------------------------------------------------------------
+# Atomic writes (every file swdet writes goes through these two functions)
+
+
+def _umask() -> int:
+    """The process umask (read from ``/proc`` where possible: setting it to read it back is not
+    thread-safe)."""
     try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, ``fsync``, then
+    ``os.replace``. A kill leaves either the old file or the new one, never half of one.
+
+    The final mode is ``0o666 & ~umask`` like any newly created file (``mkstemp`` creates 0600,
+    which would hide artifacts from other users, e.g. a Triton server). An ``OSError`` (read-only
+    folder, disk full, a directory in the way) becomes ``SwdetError("<path>: cannot write
+    (<reason>)")``. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        raise SwdetError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
+    return path
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
-def _json_default(o):
-    if dataclasses.is_dataclass(o):
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, allow_nan: bool = True) -> Path:
+    """``obj`` as JSON (dataclasses, paths, numpy and torch scalars and arrays converted) through
+    :func:`atomic_write_bytes`. ``indent=None`` writes it compactly; ``allow_nan=False`` refuses
+    NaN and infinities (strict JSON)."""
+    seps = (",", ":") if indent is None else None
+    text = json.dumps(obj, indent=indent, separators=seps, default=json_default, allow_nan=allow_nan)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for what swdet writes: dataclasses, paths, numpy arrays and
+    scalars, 0-d tensors (``.item()``) and tensors (``.tolist()``)."""
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return dataclasses.asdict(o)
     if isinstance(o, Path):
         return str(o)
-    if hasattr(o, "item"):
+    if hasattr(o, "tolist") and getattr(o, "ndim", 0):  # numpy arrays, tensors
+        return o.tolist()
+    if hasattr(o, "item"):  # numpy / torch scalars
         return o.item()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+_json_default = json_default  # the name earlier modules imported
 
 
 def library_versions() -> dict[str, str]:
+    import torch
     import torchvision
 
     from swdet import __version__
@@ -74,7 +126,11 @@ def build_metadata(model_cfg: ModelConfig, post: PostprocessConfig, *, class_nam
                    category_ids: list[int], method: list[str], threshold: dict | None = None,
                    training: dict | None = None, num_parameters: int | None = None) -> dict:
     """The ``model.json`` dict. ``threshold`` records how the score threshold was derived, e.g.
-    ``{"source": "sampling_free", "theta": 0.0123, "num_fg": ..., "num_all": ..., "rule": "N_f/N"}``."""
+    ``{"source": "sampling_free", "theta": 0.0123, "num_fg": ..., "num_all": ..., "rule": "N_f/N"}``
+    (see :func:`threshold_record`)."""
+    from swdet.data.letterbox import PAD_VALUE
+    from swdet.models.retinanet import IMAGENET_MEAN, IMAGENET_STD
+
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -170,3 +226,45 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> tuple
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise SwdetError(f"{weights}: weights do not match the architecture in {meta_path.name} ({what})")
     return model.to(device).eval(), meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints and the score threshold (read here so no stage needs swdet.train for them)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu", *, require: tuple[str, ...] = ()) -> dict:
+    """``torch.load`` of an swdet training checkpoint (``checkpoints/last.pt``) with one-line
+    errors: the file must exist, unpickle, and be a dict whose ``"model"`` is a state dict;
+    ``require`` names further keys that must be present (e.g. ``("iteration",)`` to resume).
+
+    Our checkpoints hold numpy RNG state and plain containers, so they are loaded with
+    ``weights_only=False``: only load checkpoints you wrote.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise SwdetError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user error
+        raise SwdetError(f"{path}: not a readable swdet checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise SwdetError(f"{path}: not an swdet training checkpoint (no 'model' state dict)")
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise SwdetError(f"{path}: not an swdet training checkpoint (no {missing[0]!r} entry)")
+    return state
+
+
+def threshold_record(num_fg: int, num_all: int) -> dict:
+    """``model.json["threshold"]`` of the Sampling-Free adaptive score threshold (Sampling-Free
+    Sec. 3.2): ``θ = N_f / N``, ``N_f`` foreground anchors and ``N`` = foreground + background
+    anchors over the training set. The same equation as
+    :func:`swdet.train.weighting.adaptive_threshold` (which calls this for plain counts), kept in
+    core so ``swdet.export`` derives it from a checkpoint without importing ``swdet.train``."""
+    if not 0 < num_fg <= num_all:
+        raise SwdetError(f"anchor statistics: need 0 < num_fg <= num_all, got num_fg={num_fg}, num_all={num_all}")
+    theta = float(num_fg) / float(num_all)  # θ = N_f / N
+    return {"source": "sampling_free", "rule": "N_f/N", "theta": theta, "num_fg": int(num_fg),
+            "num_all": int(num_all)}

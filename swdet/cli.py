@@ -93,8 +93,6 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
     sets = list(overrides)
     if model:
         sets.insert(0, f"model={model}")
-    if resume and out and not config:
-        config = None
     opts = {"data.root": data_root, "loss.method": method, "train.iters": iters, "train.epochs": epochs,
             "train.batch_size": batch_size, "model.imgsz": imgsz, "train.lr": lr, "train.device": device,
             "data.workers": workers, "train.ckpt_every": ckpt_every}
@@ -125,8 +123,6 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
     if not cfg.name:
         cfg.name = Path(config).stem if config else f"{cfg.model.name}_{'_'.join(cfg.loss.method)}"
     if out is None:
-        if resume:
-            raise SwdetError("--resume needs --out RUN_DIR (the run to continue)")
         out_dir = _default_out(cfg.name)
     else:
         out_dir = Path(out)
@@ -295,7 +291,7 @@ def _register() -> None:
 
     cli.add_command(data)
     for module, names in (("swdet.export.cli", ("export",)), ("swdet.calib.cli", ("calib",)),
-                          ("swdet.serve.cli", ("serve", "verify")), ("swdet.pipeline", ("pipeline",))):
+                          ("swdet.serve.cli", ("serve",)), ("swdet.pipeline", ("pipeline",))):
         try:
             mod = __import__(module, fromlist=list(names))
         except ModuleNotFoundError as e:  # a stage not installed (e.g. a serve-only deployment)

@@ -391,8 +391,9 @@ def _fill(obj: Any, values: dict, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in values.items():
         if key not in names:
-            raise SwdetError(f"{where}: unknown key {key!r}{_suggest(str(key), names)}")
-        setattr(obj, key, _convert(value, hints[key], f"{where}.{key}"))
+            raise SwdetError(f"{where.rstrip(': ')}: unknown key {key!r}{_suggest(str(key), names)}")
+        sub = f"{where}{key}" if where.endswith(": ") else f"{where}.{key}"
+        setattr(obj, key, _convert(value, hints[key], sub))
     return obj
 
 
@@ -418,7 +419,7 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
             if not isinstance(given, dict):
                 raise SwdetError(f"{source}: {section}: expected a mapping, got {type(given).__name__}")
             _fill(getattr(cfg, section), given, f"{source}: {section}")
-    _fill(cfg, values, source)
+    _fill(cfg, values, f"{source}: ")
     validate(cfg, source)
     return cfg
 
@@ -426,7 +427,7 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (YAML) or the defaults, then apply ``--set key=value`` overrides."""
     data: dict = {}
-    source = "defaults"
+    source = "--set" if overrides else "defaults"
     if path is not None:
         p = Path(path)
         source = str(p)
@@ -494,6 +495,22 @@ def validate(cfg: Config, source: str = "config") -> None:
         (t.amp in ("auto", "none", "bf16", "fp16"), "train.amp", "auto, none, bf16 or fp16"),
         (t.ckpt_every >= 0, "train.ckpt_every", "non-negative"),
         (t.warmup_iters >= 0, "train.warmup_iters", "non-negative"),
+        (t.log_every >= 1, "train.log_every", "at least 1"),
+        (t.eval_every >= 0, "train.eval_every", "non-negative"),
+        (t.max_bad_steps >= 1, "train.max_bad_steps", "at least 1"),
+        (t.grad_clip >= 0, "train.grad_clip", "non-negative"),
+        (0 <= cfg.loss.bg_iou <= cfg.loss.fg_iou <= 1, "loss.bg_iou/fg_iou", "0 <= bg_iou <= fg_iou <= 1"),
+        (cfg.methods.noisy_anchors.topn >= 1, "methods.noisy_anchors.topn", "at least 1"),
+        (0 <= cfg.methods.noisy_anchors.alpha <= 1, "methods.noisy_anchors.alpha", "in [0, 1]"),
+        (cfg.methods.pisa.carl_k > 0, "methods.pisa.carl_k", "positive"),
+        (0 <= cfg.methods.pisa.carl_bias < 1, "methods.pisa.carl_bias", "in [0, 1)"),
+        (0 <= cfg.methods.pisa.isr_beta < 1, "methods.pisa.isr_beta", "in [0, 1)"),
+        (cfg.methods.pisa.isr_gamma >= 0, "methods.pisa.isr_gamma", "non-negative"),
+        (cfg.methods.sampling_free.guided_factor > 0, "methods.sampling_free.guided_factor", "positive"),
+        (cfg.methods.swn.clip > 0, "methods.swn.clip", "positive"),
+        (cfg.methods.swn.lr > 0, "methods.swn.lr", "positive"),
+        (cfg.methods.ghm.bins >= 1, "methods.ghm.bins", "at least 1"),
+        (0 <= cfg.methods.ghm.momentum < 1, "methods.ghm.momentum", "in [0, 1)"),
         (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou"), "loss.reg_loss", "smooth_l1, l1 or giou"),
         (len(cfg.loss.method) >= 1, "loss.method", "at least one method"),
         (0 <= cfg.postprocess.nms_iou <= 1, "postprocess.nms_iou", "in [0, 1]"),

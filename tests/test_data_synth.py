@@ -30,7 +30,7 @@ def small(tmp_path_factory):
 
 def test_same_seed_same_bytes(small, tmp_path):
     root, _ = small
-    again = write_synthetic_dataset(tmp_path / "again", n_train=40, n_val=6, seed=0, workers=2)
+    write_synthetic_dataset(tmp_path / "again", n_train=40, n_val=6, seed=0, workers=2)
     a, b = _files(root), _files(tmp_path / "again")
     assert a.keys() == b.keys() and len(a) == 40 + 6 + 2
     assert a == b  # annotation JSON and every JPEG byte-identical (also across worker counts)

@@ -51,8 +51,9 @@ def _train_cmd(data, out, iters, *extra):
 
 def test_sigkill_then_resume_finishes_without_repeating(synth_data, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(_train_cmd(synth_data, ref, 12), check=True, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(synth_data, run, 12), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = 24  # the kill lands at the first checkpoint (iteration 4), long before the end
+    subprocess.run(_train_cmd(synth_data, ref, total), check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(synth_data, run, total), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -60,17 +61,17 @@ def test_sigkill_then_resume_finishes_without_repeating(synth_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = torch.load(ckpt, weights_only=False)["iteration"]
-    assert 4 <= first < 12, "the kill must land after a checkpoint and before the end"
+    assert 4 <= first < total, "the kill must land after a checkpoint and before the end"
     res = subprocess.run([sys.executable, "-m", "swdet", "train", "--out", str(run), "--resume", "--quiet",
                           "--no-eval"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     a = torch.load(ref / "checkpoints/last.pt", weights_only=False)
     b = torch.load(ckpt, weights_only=False)
-    assert b["iteration"] == 12
+    assert b["iteration"] == total
     for k in a["model"]:  # deterministic on CPU: the resumed run is the uninterrupted run
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
     iters = [json.loads(line)["iter"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert iters == sorted(set(iters)) and iters[-1] == 12
+    assert iters == sorted(set(iters)) and iters[-1] == total
 
 
 def test_non_finite_loss_is_skipped_then_repeated_ones_stop(synth_data, tmp_path):
@@ -108,7 +109,12 @@ def test_non_finite_loss_is_skipped_then_repeated_ones_stop(synth_data, tmp_path
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_ddp_two_cpu_processes_gloo(synth_data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "swdet", "train", "--data", str(synth_data), "--iters", "4", "--out", str(out), "--no-eval",
            *TINY_TRAIN]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -147,3 +153,32 @@ def test_bad_dataset_paths_are_one_line(tmp_path, capsys):
 def test_existing_run_needs_resume_or_overwrite(tiny_run, synth_data, capsys):
     rc = main(["train", "--data", str(synth_data), "--iters", "2", "--out", str(tiny_run), *TINY_TRAIN])
     assert rc != 0 and "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_retinanet_step_does_not_synchronize_on_cuda(synth_data, tmp_path):
+    """The whole RetinaNet training step (forward, weighted loss with PISA+SWN, backward, fused
+    optimizers with the non-finite guard, diagnostics) runs with no host-device sync."""
+    from swdet.config import load_config
+    from swdet.data.loader import build_loader, iterate_batches
+    from swdet.train.engine import Trainer
+
+    cfg = load_config(None, ["model=retinanet_tiny", "model.imgsz=128", f"data.root={synth_data}",
+                             "train.iters=10", "train.batch_size=2", "data.workers=0", "train.device=cuda",
+                             "loss.method=pisa,swn"])
+    trainer = Trainer(cfg, tmp_path / "sync", progress=False)
+    trainer.setup()
+    trainer.module.train()
+    loader = build_loader(trainer.train_set, 2, train=True, workers=0, batch_transform=trainer.loss.assigner)
+    stream = iter(iterate_batches(loader))
+    batches = [next(stream)[1] for _ in range(4)]
+    for images, _, assign in batches[:2]:  # warm up (lazy CUDA init may sync)
+        trainer.step(images.pin_memory(), assign.pin_memory(), 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, (images, _, assign) in enumerate(batches[2:]):
+            trainer.step(images.pin_memory(), assign.pin_memory(), i + 2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

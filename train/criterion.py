@@ -68,7 +68,8 @@ def regression_loss(kind: str, rec: SampleRecord, beta: float) -> Tensor:
 
 
 def _num_pos(p: int, device) -> Tensor:
-    n = torch.tensor(float(p), device=device)
+    # torch.full launches a fill kernel with a host scalar: no host-to-device copy, no sync
+    n = torch.full((), float(p), device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(n)
         n = n / dist.get_world_size()

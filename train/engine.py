@@ -8,10 +8,11 @@
 - ``model.safetensors`` + ``model.json``: the deployable artifact (the detector only);
 - ``log.jsonl``, ``metrics.json``, ``plots/``.
 
-The step has no host-device synchronization on CUDA: positives are counted on the host when the
-batch is collated, losses are accumulated on the device and read every ``log_every`` steps, and
-a non-finite loss skips the update through the fused optimizers' ``found_inf`` flag (the
-mechanism ``torch.amp.GradScaler`` uses). On the CPU the same check is a plain branch.
+The RetinaNet step has no host-device synchronization on CUDA: positives are counted on the host
+when the batch is collated, losses are accumulated on the device and read every ``log_every``
+steps, and a non-finite loss skips the update through the fused optimizers' ``found_inf`` flag
+(the mechanism ``torch.amp.GradScaler`` uses). On the CPU the same check is a plain branch. The
+Faster R-CNN step has one (the positive RoIs' selection; see :mod:`swdet.train.rcnn_loss`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ def setup_runtime(device_name: str) -> Runtime:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        import datetime
+
+        # long timeout: rank 0 evaluates alone while the others wait at a barrier
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=2))
     return Runtime(device, rank, world, local)
 
 
@@ -198,8 +203,19 @@ def build_dataset(cfg: Config, split: str, train: bool):
 
 
 class JsonlLog:
+    """``log.jsonl`` (one object per logged step), mirrored to TensorBoard events when the
+    ``tensorboard`` package is installed (``pip install "swdet[tensorboard]"``)."""
+
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:  # tensorboard not installed: the JSON log is the record
+                self.tb = None
 
     def truncate_after(self, iteration: int) -> None:
         """On resume, drop records past the checkpoint so the log has no duplicated iterations."""
@@ -218,6 +234,11 @@ class JsonlLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tb is not None and "iter" in record:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k not in ("iter", "epoch"):
+                        self.tb.add_scalar(k, v, record["iter"])
+                self.tb.flush()
 
 
 @dataclass
@@ -271,6 +292,9 @@ class Trainer:
             if rt.is_main:
                 print(f"notice: no validation split ({e}); evaluation is skipped", file=sys.stderr)
             self.val_set = None
+        if self.val_set is not None and self.val_set.category_ids != self.train_set.category_ids:
+            raise SwdetError(f"{self.val_set.ann_file}: categories {self.val_set.category_ids} differ from the "
+                             f"training split's {self.train_set.category_ids}")
         cfg.model.num_classes = len(self.train_set.class_names)
 
         self.methods: MethodSet = build_methods(cfg.loss.method, cfg.methods, arch=cfg.model.arch)
@@ -299,6 +323,12 @@ class Trainer:
         params = [p for p in detector.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay, **({"fused": True} if fused else {}))
+        if fused:
+            # Fused SGD skips a step on device when found_inf is set; if the very first step were
+            # skipped its momentum buffers would stay uninitialized, so start them at zero (the
+            # same update: with no dampening the first step sets buf = grad = 0·m + grad).
+            for p in params:
+                self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.w_optimizer = self.methods.optimizer(weighting, fused=fused)
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
@@ -346,7 +376,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "methods": self.methods.state_dict(),
             "loss": self.loss.state_dict(),
-            "rng": rng_state(),
+            "rng": self._all_rng_states(),
             "config": self.cfg.to_dict(),
             "stats": self.stats,
             "history": self.history,
@@ -364,13 +394,25 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.methods.load_state_dict(state.get("methods", {}))
         self.loss.load_state_dict(state.get("loss", {}))
-        set_rng_state(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per DDP rank
+            rng = rng[self.rt.rank] if self.rt.rank < len(rng) else rng[0]
+        set_rng_state(rng)
         self.history = state.get("history", self.history)
         self.start_iter = int(state["iteration"])
 
+    def _all_rng_states(self):
+        """Every rank's RNG state (a list under DDP, so each rank resumes its own stream)."""
+        if not self.rt.distributed:
+            return rng_state()
+        states = [None] * self.rt.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
     def save(self, iteration: int) -> None:
+        state = self._state(iteration)  # every rank takes part (the RNG gather is collective)
         if self.rt.is_main:
-            save_checkpoint(self.ckpt_path, self._state(iteration))
+            save_checkpoint(self.ckpt_path, state)
 
     # -- the step ----------------------------------------------------------------------------
     def step(self, images, assign, iteration: int) -> tuple[torch.Tensor, dict]:
@@ -459,18 +501,22 @@ class Trainer:
                         iteration // 100:
                     self.history["skipped_steps"] += skipped
                     bar.close()
+                    kept = (f"the last good checkpoint {self.ckpt_path} is intact" if self.ckpt_path.is_file()
+                            else "no checkpoint had been written yet")
                     raise TrainingDiverged(
                         f"training stopped at iteration {iteration}: {skipped} non-finite losses "
-                        f"({consecutive} in a row); the last good checkpoint {self.ckpt_path} is intact "
-                        "(lower train.lr or enable train.grad_clip)")
+                        f"({consecutive} in a row); {kept} (lower train.lr or enable train.grad_clip)")
             if cfg.train.ckpt_every and (iteration % cfg.train.ckpt_every == 0) and not last:
                 self.history["skipped_steps"] += int(bad_total)
                 bad_total.zero_()
                 self.save(iteration)
-            if cfg.train.eval_every and iteration % cfg.train.eval_every == 0 and not last and rt.is_main:
-                metrics = self.evaluate(progress=False)
-                self.log.write({"iter": iteration, **{f"val/{k}": v for k, v in metrics.items()}})
-                self.module.train()
+            if cfg.train.eval_every and iteration % cfg.train.eval_every == 0 and not last:
+                if rt.is_main:
+                    metrics = self.evaluate(progress=False)
+                    self.log.write({"iter": iteration, **{f"val/{k}": v for k, v in metrics.items()}})
+                    self.module.train()
+                if rt.distributed:  # the other ranks wait here (the process group has a long timeout)
+                    dist.barrier()
         bar.close()
         self.history["skipped_steps"] += int(bad_total)
         self.history["train_time_s"] = self.history.get("train_time_s", 0.0) + time.perf_counter() - t_start

@@ -5,7 +5,7 @@ The model file must follow the ONNX contract of DESIGN.md (section 4): input ``i
 ``[B, 3, S, S]`` (RGB 0-255), outputs ``num_dets``, ``det_boxes``, ``det_scores``,
 ``det_classes``, and ``model.json`` stored as JSON under the key ``swdet`` of the graph's
 ``metadata_props`` (with an ``export`` sub-dict: score_threshold, nms, precision, batch, opset,
-imgsz). Everything that can be wrong with the file is a one-line :class:`SwdetError`.
+imgsz; read by :func:`swdet.onnx_meta.parse_metadata`). Everything that can be wrong with the file is a one-line :class:`SwdetError`.
 
 A model exported with a fixed batch ``N`` accepts any batch ``B <= N``: the input is padded to
 ``N`` with zero images and the outputs cut back to ``B`` (padding rows cost compute, which is why
@@ -14,38 +14,18 @@ dynamic batch is the default at export). ``B > N`` is an error that names ``max_
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
 from swdet.errors import MissingDependency, SwdetError
+from swdet.onnx_meta import METADATA_KEY, parse_metadata
 from swdet.serve.runtimes.base import OUTPUT_NAMES, Runtime
 
-META_KEY = "swdet"
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(double)": np.float64}
 _OUT_DTYPES = {"num_dets": np.int32, "det_boxes": np.float32, "det_scores": np.float32, "det_classes": np.int32}
-
-
-def parse_metadata(text: str | None, source: str) -> dict:
-    """The ``model.json`` dict stored under ``metadata_props["swdet"]`` (one-line errors)."""
-    if text is None:
-        raise SwdetError(f"{source}: not an swdet model (no swdet metadata); export it with swdet export")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SwdetError(f"{source}: the swdet metadata is not valid JSON ({e.msg}); re-export the model") from None
-    if not isinstance(meta, dict) or meta.get("format") != "swdet-model" or "input" not in meta:
-        raise SwdetError(f"{source}: the swdet metadata is not a model description; re-export the model")
-    version = int(meta.get("format_version", 0)) if str(meta.get("format_version", 0)).isdigit() else 0
-    if version > 1:  # import the artifact module (torch, torchvision) only when it can matter
-        from swdet.artifact import FORMAT_VERSION
-
-        if version > FORMAT_VERSION:
-            raise SwdetError(f"{source}: written by a newer swdet (format_version {version}); upgrade swdet")
-    return meta
 
 
 def baked_score_threshold(meta: dict) -> float | None:
@@ -151,7 +131,7 @@ class OnnxRuntime(Runtime):
             sess = ort.InferenceSession(src, sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
             raise SwdetError(self._load_error(p, e)) from None
-        meta = parse_metadata(sess.get_modelmeta().custom_metadata_map.get(META_KEY), src)
+        meta = parse_metadata(sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY), src)
         super().__init__(meta, src)
         self.session = sess
         self.providers = sess.get_providers()

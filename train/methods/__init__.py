@@ -149,6 +149,11 @@ def build_methods(spec, params, arch: str = "retinanet") -> MethodSet:
                          f"({', '.join(sorted(wanted))}); add the one to use, e.g. {names[0]},focal")
     else:
         cls_loss = wanted.pop() if wanted else ("bce" if arch == "faster_rcnn" else "focal")
+    if cls_loss == "ghm" and any(m.name == "swn" for m in methods):
+        # GHM-C's density weights already normalize the loss; SWN's Eq. 9 terms assume per-sample
+        # losses normalized by the positives.
+        raise SwdetError(f"--method {','.join(names)}: swn cannot be combined with ghm (GHM-C normalizes "
+                         "itself; SWN's terms need per-sample losses)")
     rules = {m.assigner for m in methods if m.assigner}
     if len(rules) > 1:
         raise SwdetError(f"--method {','.join(names)}: incompatible anchor assignment rules")

@@ -1,0 +1,115 @@
+"""The ``model.json`` metadata stored inside an exported ONNX graph (DESIGN.md, "ONNX contract").
+
+Every swdet ONNX file carries its model description as JSON under the key ``"swdet"`` of the
+graph's ``metadata_props``; the export settings sit under ``meta["export"]`` and, after INT8
+calibration, the calibration settings under ``meta["calibration"]``. Export writes it, calib
+rewrites it, serve and verify read it: this module is the one place that encodes and decodes
+it. It imports neither torch nor onnx at module level (the ONNX Runtime path hands over the
+string from ``InferenceSession.get_modelmeta()``; the onnx package is only needed for protos).
+
+Two levels of reading:
+
+* :func:`read_onnx_metadata` (lenient): the stored dict, or None when the graph has none; only
+  invalid JSON is an error. For tools that check the parts they need themselves.
+* :func:`parse_metadata` / :func:`require_onnx_metadata` (strict): a model description that a
+  runtime can run -- present, valid JSON, ``format == "swdet-model"`` with an ``input``
+  section, and a ``format_version`` this swdet reads. Anything else is a one-line
+  :class:`~swdet.errors.SwdetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from swdet.errors import SwdetError
+
+if TYPE_CHECKING:
+    import onnx
+
+METADATA_KEY = "swdet"
+META_KEY = METADATA_KEY  # the name serve used
+MODEL_FORMAT = "swdet-model"  # == swdet.artifact.FORMAT (not imported: that module pulls in the config)
+
+__all__ = ["METADATA_KEY", "decode_metadata", "validate_metadata", "parse_metadata", "metadata_text",
+           "read_onnx_metadata", "require_onnx_metadata", "set_onnx_metadata"]
+
+
+def decode_metadata(text: str | None, source: str) -> dict | None:
+    """The JSON text stored under ``metadata_props["swdet"]`` -> dict (None when ``text`` is None).
+    Invalid JSON, or JSON that is not an object, is a one-line error."""
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SwdetError(f"{source}: the swdet metadata is not valid JSON ({e.msg}); re-export the model") from None
+    if not isinstance(meta, dict):
+        raise SwdetError(f"{source}: the swdet metadata is not a JSON object; re-export the model")
+    return meta
+
+
+def validate_metadata(meta: dict | None, source: str) -> dict:
+    """``meta`` when it is a model description a runtime can use; otherwise a one-line error."""
+    if meta is None:
+        raise SwdetError(f"{source}: not an swdet model (no swdet metadata); export it with swdet export")
+    if meta.get("format") != MODEL_FORMAT or "input" not in meta:
+        raise SwdetError(f"{source}: the swdet metadata is not a model description; re-export the model")
+    raw = meta.get("format_version", 0)
+    version = int(raw) if str(raw).isdigit() else 0
+    if version > 1:  # import the artifact module (the config) only when it can matter
+        from swdet.artifact import FORMAT_VERSION
+
+        if version > FORMAT_VERSION:
+            raise SwdetError(f"{source}: written by a newer swdet (format_version {version}); upgrade swdet")
+    return meta
+
+
+def parse_metadata(text: str | None, source: str) -> dict:
+    """Strict: the stored JSON text -> a model description (:func:`decode_metadata` then
+    :func:`validate_metadata`)."""
+    return validate_metadata(decode_metadata(text, source), source)
+
+
+def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model, "ONNX model"
+    try:
+        return onnx.load(str(model), load_external_data=False), str(model)
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise SwdetError(f"{model}: not a readable ONNX model ({type(e).__name__})") from None
+
+
+def metadata_text(model: onnx.ModelProto) -> str | None:
+    """The raw string under ``metadata_props["swdet"]`` (None when absent)."""
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            return p.value
+    return None
+
+
+def read_onnx_metadata(model: onnx.ModelProto | str | Path, source: str | None = None) -> dict | None:
+    """Lenient: the dict stored in ``metadata_props["swdet"]`` of a proto or ``.onnx`` path, None
+    when absent."""
+    proto, where = _load(model)
+    return decode_metadata(metadata_text(proto), source or where)
+
+
+def require_onnx_metadata(model: onnx.ModelProto | str | Path, source: str | None = None) -> dict:
+    """Strict: the model description of a proto or ``.onnx`` path (see :func:`validate_metadata`)."""
+    proto, where = _load(model)
+    return parse_metadata(metadata_text(proto), source or where)
+
+
+def set_onnx_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    """Store ``meta`` (JSON) under ``metadata_props["swdet"]``, replacing an earlier entry."""
+    from swdet.artifact import json_default
+
+    keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=json_default)
