@@ -53,21 +53,20 @@ def random_artifact(name: str, imgsz: int, out: Path, data: Path) -> Path:
 
 
 def evaluate(rt, data: Path, limit: int | None) -> dict:
+    """COCO AP on ``data/val`` (the first ``limit`` images): evaluation covers the images that
+    were predicted and read (:func:`swdet.inference.evaluate_runtime`)."""
     from swdet.data.coco import CocoDetection
-    from swdet.evaluation import evaluate_detections, load_coco
-    from swdet.inference import predict_dataset
+    from swdet.inference import evaluate_runtime
 
     ann = data / "annotations" / "instances_val.json"
     ds = CocoDetection(ann, data / "val", imgsz=rt.imgsz, train=False)
-    ids = None
     if limit:
         import torch
 
-        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-        ds.category_ids = ds.dataset.category_ids
-        ids = [ds.dataset.image_ids[i] for i in ds.indices] if hasattr(ds.dataset, "image_ids") else None
-    preds = predict_dataset(rt, ds, batch_size=8, progress=False)
-    stats = evaluate_detections(load_coco(ann), preds, image_ids=ids).stats
+        full = ds
+        ds = torch.utils.data.Subset(full, range(min(limit, len(full))))
+        ds.category_ids, ds.coco = full.category_ids, full.coco
+    stats = evaluate_runtime(rt, ann, dataset=ds, batch_size=8, progress=False).result.stats
     return {"AP": stats["AP"], "AP50": stats["AP50"]}
 
 
@@ -142,6 +141,8 @@ def run(args) -> dict:
 
 
 def to_markdown(r: dict) -> str:
+    from swdet.table import format_table
+
     h = r["host"]
     bs = r["batch_sizes"]
     fmt = (lambda v, d=2: "-" if v is None else f"{v:.{d}f}")
@@ -153,10 +154,10 @@ def to_markdown(r: dict) -> str:
              f"rounds ({r['rounds']} x {r['iters']}); speedup with its 95 % bootstrap band."), "",
              *(["**Quick setting** (`--quick`): a functional check, not a measurement.", ""] if r["quick"] else []),
              *([] if r["trained"] else ["Random weights: AP is not meaningful and not shown (speed and size only).",
-                                        ""]),
-             "| precision | calib method | calib images | AP | AP50 | ΔAP | "
-             + " | ".join(f"latency b{b} ms" for b in bs) + f" | img/s b{bs[-1]} | speedup b{bs[-1]} (band) | size MB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in bs) + " | ---: | --- | ---: |"]
+                                        ""])]
+    headers = ["precision", "calib method", "calib images", "AP", "AP50", "ΔAP",
+               *(f"latency b{b} ms" for b in bs), f"img/s b{bs[-1]}", f"speedup b{bs[-1]} (band)", "size MB"]
+    rows = []
     for row in r["rows"]:
         sp = {int(k): v for k, v in (row.get("speed") or {}).items()}
         if row["precision"] == "fp32":
@@ -168,8 +169,9 @@ def to_markdown(r: dict) -> str:
             thr = fmt(last.get("throughput_ips"), 1)
             spd = f"{last['speedup']:.2f}x [{last['band'][0]:.2f}, {last['band'][1]:.2f}]" if last else "-"
         drop = "-" if row.get("ap_drop_points") is None else f"{-row['ap_drop_points']:+.1f}"
-        lines.append(f"| {row['precision']} | {row['method']} | {row['calib_images'] or '-'} | {ap(row['AP'])} | "
-                     f"{ap(row['AP50'])} | {drop} | " + " | ".join(lat) + f" | {thr} | {spd} | {row['size_mb']:.2f} |")
+        rows.append([row["precision"], row["method"], str(row["calib_images"] or "-"), ap(row["AP"]), ap(row["AP50"]),
+                     drop, *lat, thr, spd, f"{row['size_mb']:.2f}"])
+    lines.append(format_table(rows, headers, markdown=True))
     goals = [f"- {row['method']}: " + "; ".join(g for g in (row.get("ap_goal"), row.get("speed_goal")) if g)
              for row in r["rows"] if row["precision"] == "int8"]
     return "\n".join(lines + ["", "Goals (AP drop <= 1.0 point on a trained model; >= 1.5x throughput at batch 8):",

@@ -138,6 +138,8 @@ def run_model(name: str, imgsz: int, args, work: Path, images) -> list[dict]:
 
 
 def to_markdown(result: dict) -> str:
+    from swdet.table import format_table
+
     h = result["host"]
     lines = ["# Runtime speed", "",
              f"{h.get('cpu')} ({h.get('cpu_count')} cores visible, {result['threads']} threads), torch {h.get('torch')}, "
@@ -145,14 +147,15 @@ def to_markdown(result: dict) -> str:
              f"Interleaved A/B rounds: {result['rounds']} x {result['iters']} calls each; speedup = 1 / median "
              f"round ratio t_B/t_A with its 95 % bootstrap band. `infer` = network + post-processing.", "",
              *(["**Quick setting** (`--quick`): a functional check with few rounds, not a measurement.", ""]
-               if result.get("quick") else []),
-             "| model | imgsz | batch | A | B | A ms | B ms | B speedup | band | note |",
-             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | --- |"]
+               if result.get("quick") else [])]
+    fmt = (lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-")
+    rows = []
     for r in result["rows"]:
         band = f"[{r['speedup_band'][0]:.2f}, {r['speedup_band'][1]:.2f}]" if r.get("speedup_band") else "-"
-        fmt = (lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-")
-        lines.append(f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['a']} | {r['b']} | {fmt(r['a_ms'])} | "
-                     f"{fmt(r['b_ms'])} | {fmt(r['speedup']) + 'x' if r['speedup'] else '-'} | {band} | {r.get('goal') or r.get('note', '')} |")
+        rows.append([r["model"], str(r["imgsz"]), str(r["batch"]), r["a"], r["b"], fmt(r["a_ms"]), fmt(r["b_ms"]),
+                     fmt(r["speedup"]) + "x" if r["speedup"] else "-", band, r.get("goal") or r.get("note", "")])
+    lines.append(format_table(rows, ["model", "imgsz", "batch", "A", "B", "A ms", "B ms", "B speedup", "band",
+                                     "note"], markdown=True))
     return "\n".join(lines) + "\n"
 
 

@@ -91,30 +91,30 @@ def round_robin(fns: dict, rounds: int, iters: int, warmup: int) -> dict:
 
 
 def evaluate(rt, ann, images, batch_size: int) -> tuple[float, float, int]:
-    from swdet.data.coco import CocoDetection
-    from swdet.evaluation import evaluate_detections, load_coco
-    from swdet.inference import predict_dataset
+    from swdet.inference import evaluate_runtime
 
-    dataset = CocoDetection(ann, images, imgsz=rt.imgsz, train=False, warn=False)
-    preds = predict_dataset(rt, dataset, batch_size=batch_size, progress=False)
-    ap = float(evaluate_detections(load_coco(ann), preds).stats["AP"])
-    return ap, len(preds) / max(1, len(dataset)), len(dataset)
+    ev = evaluate_runtime(rt, ann, images, batch_size=batch_size, progress=False, warn=False)
+    n = len(ev.predictions.image_ids)
+    return float(ev.result.stats["AP"]), len(ev.predictions) / max(1, n), n
 
 
 def to_markdown(res: dict) -> str:
+    from swdet.table import format_table
+
     lines = ["# Adaptive score threshold (Sampling-Free θ = N_f/N) at test time", "",
              f"Run `{res['run']}` (method {res['method']}, threshold source `{res['threshold_source']}`), "
              f"{res['num_images']} evaluation images (latency on a batch of the first {res['batch_size']}), ONNX Runtime {res['host'].get('onnxruntime')} on "
              f"{res['host'].get('cpu')} ({res['threads'] or 'default'} threads), batch {res['batch_size']}, "
              f"{res['rounds']} rounds x {res['iters']} calls, round-robin. Post-processing = the extracted "
-             "subgraph after `net/*` fed the real head outputs (see the script's docstring).", "",
-             "| θ | value | AP | dets/img | end-to-end ms | network ms | post-processing ms (round range) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "subgraph after `net/*` fed the real head outputs (see the script's docstring).", ""]
+    rows = []
     for r in res["rows"]:
         p = r["post"]
-        lines.append(f"| {r['label']} | {r['theta']:.5g} | {r['AP']:.4f} | {r['dets_per_image']:.1f} | "
-                     f"{r['end_to_end']['median_ms']:.2f} | {res['network']['median_ms']:.2f} | "
-                     f"{p['median_ms']:.3f} ({p['round_min_ms']:.3f}-{p['round_max_ms']:.3f}) |")
+        rows.append([r["label"], f"{r['theta']:.5g}", f"{r['AP']:.4f}", f"{r['dets_per_image']:.1f}",
+                     f"{r['end_to_end']['median_ms']:.2f}", f"{res['network']['median_ms']:.2f}",
+                     f"{p['median_ms']:.3f} ({p['round_min_ms']:.3f}-{p['round_max_ms']:.3f})"])
+    lines.append(format_table(rows, ["θ", "value", "AP", "dets/img", "end-to-end ms", "network ms",
+                                     "post-processing ms (round range)"], markdown=True))
     return "\n".join(lines) + "\n"
 
 
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from swdet.artifact import META_NAME, read_metadata
     from swdet.export.onnx_export import export_onnx
+    from swdet.preprocess import list_images, prepare_batch
     from swdet.serve.bench import host_info
-    from swdet.serve.preprocess import list_images, prepare_batch
     from swdet.serve.runtimes.onnxruntime_runtime import OnnxRuntime, baked_score_threshold
 
     meta = read_metadata(args.run / META_NAME)

@@ -589,8 +589,8 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
         amax = stats.amax(method, percentile, tensors)
         try:
             save_cache(cache_path, stats)  # new statistics and newly computed ranges
-        except OSError as e:
-            warnings.append(f"{cache_path}: calibration cache not written ({e.strerror or e})")
+        except SwdetError as e:  # an unwritable folder only loses the cache
+            warnings.append(f"calibration cache not written: {e}")
             say(f"warning: {warnings[-1]}")
 
         quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,

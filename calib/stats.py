@@ -82,7 +82,7 @@ def files_digest(files: list[Path]) -> str:
 def candidate_files(folder: str | os.PathLike, seed: int = 0) -> list[Path]:
     """Image files under ``folder`` (recursive) in a seeded random order, so the first N are a
     uniform sample of the folder."""
-    from swdet.serve.preprocess import list_images
+    from swdet.data.image import list_images
 
     files = list_images(folder)
     order = np.random.default_rng(seed).permutation(len(files))
@@ -92,10 +92,10 @@ def candidate_files(folder: str | os.PathLike, seed: int = 0) -> list[Path]:
 def select_images(folder: str | os.PathLike, num_images: int, imgsz: int, *, seed: int = 0,
                   workers: int | None = None, candidates: list[Path] | None = None) -> ImageSelection:
     """The first ``num_images`` readable images of the seeded order, decoded and letterboxed with
-    the model's own preprocessing (:class:`swdet.serve.preprocess.Preprocessor`: EXIF-aware decode
+    the model's own preprocessing (:class:`swdet.preprocess.Preprocessor`: EXIF-aware decode
     to RGB, letterbox to ``imgsz`` padded with 114). Unreadable files are skipped and listed;
     none readable is an error. ``candidates``: the seeded order, when already listed."""
-    from swdet.serve.preprocess import Preprocessor
+    from swdet.preprocess import Preprocessor
 
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise SwdetError(f"--num-images {num_images!r}: must be a positive integer")

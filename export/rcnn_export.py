@@ -281,7 +281,6 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
         _maybe_onnxsim,
         check_and_infer,
         export_metadata,
-        set_onnx_metadata,
         static_reshapes,
         tidy_graph,
     )
@@ -290,6 +289,7 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
     from swdet.artifact import model_config_from_meta
     from swdet.models.anchors import generate_anchors
     from swdet.models.faster_rcnn import roi_levels
+    from swdet.onnx_meta import set_onnx_metadata
 
     if settings.opset < MIN_RCNN_OPSET:
         raise SwdetError(f"--opset {settings.opset}: Faster R-CNN needs opset {MIN_RCNN_OPSET}+ (RoiAlign with "

@@ -13,9 +13,10 @@ Accepted sources:
 * a training checkpoint ``.pt`` (``{"model": detector state, "weighting": ..., "config": ...,
   "class_names": ..., "category_ids": ..., "stats": ..., ...}``).
 
-Nothing here imports ``swdet.train``: the checkpoint is read with ``torch.load`` and the
-Sampling-Free threshold is recomputed inline as ``θ = N_f / N`` (Sampling-Free Sec. 3.2, the
-same division as ``swdet.train.weighting.adaptive_threshold``).
+Nothing here imports ``swdet.train``: the checkpoint is read by core's
+:func:`swdet.artifact.read_checkpoint` (the reader the trainer uses too) and the Sampling-Free
+threshold ``θ = N_f / N`` (Sampling-Free Sec. 3.2) comes from core's
+:func:`swdet.artifact.threshold_record` (the record the trainer writes).
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from swdet.artifact import META_NAME, WEIGHTS_NAME, atomic_write_bytes, load_artifact, resolve_artifact
+from swdet.artifact import (
+    META_NAME,
+    WEIGHTS_NAME,
+    atomic_write_bytes,
+    load_artifact,
+    read_checkpoint,
+    resolve_artifact,
+    threshold_record,
+)
 from swdet.errors import SwdetError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -43,20 +52,6 @@ def is_checkpoint(path: str | Path) -> bool:
 def _run_checkpoint(run_dir: Path) -> Path | None:
     ckpt = run_dir / "checkpoints" / "last.pt"
     return ckpt if ckpt.is_file() else None
-
-
-def _read_checkpoint(path: Path) -> dict:
-    """``torch.load`` of our own checkpoint format, with one-line errors (no swdet.train import)."""
-    if not path.is_file():
-        raise SwdetError(f"{path}: checkpoint not found")
-    try:
-        # Our checkpoints hold numpy RNG state and plain containers: not loadable weights-only.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user error
-        raise SwdetError(f"{path}: not a readable swdet checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise SwdetError(f"{path}: not an swdet training checkpoint (no 'model' state dict)")
-    return state
 
 
 def _detector_state(state: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -85,11 +80,7 @@ def threshold_from_checkpoint(cfg, stats: dict | None) -> dict:
     everything else keeps ``postprocess.score_threshold``."""
     adaptive = "sampling_free" in cfg.loss.method and cfg.methods.sampling_free.adaptive_threshold
     if adaptive and stats and "num_fg" in stats and "num_all" in stats:
-        num_fg, num_all = int(stats["num_fg"]), int(stats["num_all"])
-        if num_all <= 0 or num_fg < 0:
-            raise SwdetError(f"checkpoint stats: need 0 <= num_fg and num_all > 0, got {num_fg}, {num_all}")
-        theta = float(num_fg) / float(num_all)  # θ = N_f / N
-        return {"source": "sampling_free", "rule": "N_f/N", "theta": theta, "num_fg": num_fg, "num_all": num_all}
+        return threshold_record(int(stats["num_fg"]), int(stats["num_all"]))  # θ = N_f / N
     return {"source": "default", "theta": cfg.postprocess.score_threshold}
 
 
@@ -104,7 +95,7 @@ def load_checkpoint_detector(path: str | Path) -> tuple[nn.Module, dict]:
     from swdet.models import build_model
 
     path = Path(path)
-    state = _read_checkpoint(path)
+    state = read_checkpoint(path)
     for key in ("config", "class_names", "category_ids"):
         if key not in state:
             raise SwdetError(f"{path}: checkpoint has no {key!r} entry (written by an older swdet?)")
@@ -122,7 +113,10 @@ def load_checkpoint_detector(path: str | Path) -> tuple[nn.Module, dict]:
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise SwdetError(f"{path}: model weights do not match the architecture in its config ({what})")
-    threshold = threshold_from_checkpoint(cfg, state.get("stats"))
+    try:
+        threshold = threshold_from_checkpoint(cfg, state.get("stats"))
+    except SwdetError as e:
+        raise SwdetError(f"{path}: {e}") from None
     post = cfg.postprocess
     if threshold["source"] == "sampling_free":
         post.score_threshold = threshold["theta"]

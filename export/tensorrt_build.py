@@ -7,9 +7,10 @@ flags and no calibrators are used (TensorRT 11 removed both).
 
 Every engine gets a sidecar ``<engine>.json``: the model's ``model.json`` plus an ``"engine"``
 section with the TensorRT version, GPU name and compute capability it was built for, the
-precision, the optimization profile of ``images`` and the SHA-256 of the source ONNX.
-:func:`check_engine_sidecar` compares it with the running TensorRT and GPU and raises a one-line
-:class:`~swdet.errors.SwdetError` on a mismatch (engines are not portable across either).
+precision, the optimization profile of ``images`` and the SHA-256 of the source ONNX. The
+sidecar (path, layout, reading and the compatibility rules: ``check_engine_sidecar``) lives in
+core, :mod:`swdet.engine_meta`, so serving checks engines without importing this stage; this
+module only writes it.
 
 TensorRT is an optional extra (``pip install "swdet[tensorrt]"``) imported only when needed.
 The build needs a CUDA GPU; torch owns the CUDA context (no pycuda).
@@ -17,34 +18,21 @@ The build needs a CUDA GPU; torch owns the CUDA context (no pycuda).
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
-import json
 import sys
-import warnings
 from pathlib import Path
 
-from swdet.errors import MissingDependency, SwdetError
+from swdet.engine_meta import INPUT_NAME, current_gpu, engine_sidecar, write_engine_sidecar
+from swdet.engine_meta import import_tensorrt as _import_tensorrt
+from swdet.errors import SwdetError
 
-SIDECAR_SUFFIX = ".json"
-INPUT_NAME = "images"
 DEFAULT_OPT_BATCH = 8
 DEFAULT_MAX_BATCH = 32
 
 
 def import_tensorrt(purpose: str = "building engines"):
-    """``import tensorrt`` or a one-line :class:`MissingDependency` naming the extra."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependency("tensorrt", "tensorrt", purpose) from None
-    return trt
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """``model.engine`` -> ``model.engine.json`` (next to it; never clashes with a model.json)."""
-    p = Path(engine_path)
-    return p.with_name(p.name + SIDECAR_SUFFIX)
+    """``import tensorrt`` or a one-line :class:`~swdet.errors.MissingDependency` naming the extra."""
+    return _import_tensorrt(purpose)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -53,17 +41,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def current_gpu() -> dict:
-    """``{"gpu": name, "compute_capability": "major.minor"}`` of the current CUDA device."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SwdetError("TensorRT engines need a CUDA GPU and none is available")
-    dev = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(dev)
-    return {"gpu": torch.cuda.get_device_name(dev), "compute_capability": f"{major}.{minor}"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,86 +78,6 @@ def resolve_profile(input_shape: list, min_batch: int = 1, opt_batch: int | None
 
 
 # ----------------------------------------------------------------------------------------------
-# Sidecar
-
-
-def engine_sidecar(meta: dict, *, tensorrt_version: str, gpu: str, compute_capability: str, precision: str,
-                   profile: dict, onnx_sha256: str, onnx_name: str = "", extra: dict | None = None) -> dict:
-    """The sidecar dict: ``model.json`` + ``"engine"``."""
-    out = dict(meta)
-    out["engine"] = {
-        "tensorrt_version": str(tensorrt_version),
-        "gpu": str(gpu),
-        "compute_capability": str(compute_capability),
-        "precision": precision,
-        "strongly_typed": True,
-        "input": {"name": INPUT_NAME, **{k: list(v) for k, v in profile.items()}},
-        "onnx": onnx_name,
-        "onnx_sha256": onnx_sha256,
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-    }
-    return out
-
-
-def write_engine_sidecar(engine_path: str | Path, sidecar: dict) -> Path:
-    from swdet.artifact import atomic_write_json
-
-    path = sidecar_path(engine_path)
-    atomic_write_json(path, sidecar)
-    return path
-
-
-def read_engine_sidecar(engine_path: str | Path) -> dict:
-    engine = Path(engine_path)
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise SwdetError(f"{engine}: no sidecar {path.name} next to it (build engines with "
-                         "'swdet export MODEL --format tensorrt')")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SwdetError(f"{path}: unreadable engine sidecar ({type(e).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("engine"), dict):
-        raise SwdetError(f"{path}: not an swdet engine sidecar (no 'engine' section)")
-    for key in ("tensorrt_version", "compute_capability"):
-        if key not in data["engine"]:
-            raise SwdetError(f"{path}: engine sidecar lacks {key!r}")
-    return data
-
-
-def check_engine_sidecar(engine_path: str | Path, *, tensorrt_version: str | None = None,
-                         gpu: str | None = None, compute_capability: str | None = None) -> dict:
-    """Read ``<engine>.json`` and check that this machine can run the engine.
-
-    The running TensorRT version and GPU are queried unless given (tests pass them). A different
-    TensorRT version or compute capability raises :class:`SwdetError`; the same compute
-    capability under another GPU name only warns (TensorRT loads it, tactics may be slower).
-    Returns the sidecar dict.
-    """
-    engine = Path(engine_path)
-    data = read_engine_sidecar(engine)
-    built = data["engine"]
-    if tensorrt_version is None:
-        tensorrt_version = import_tensorrt("running TensorRT engines").__version__
-    if gpu is None or compute_capability is None:
-        info = current_gpu()
-        gpu = info["gpu"] if gpu is None else gpu
-        compute_capability = info["compute_capability"] if compute_capability is None else compute_capability
-    rebuild = f"rebuild it here with 'swdet export {built.get('onnx') or 'MODEL.onnx'} --format tensorrt'"
-    if str(built["tensorrt_version"]) != str(tensorrt_version):
-        raise SwdetError(f"{engine}: built with TensorRT {built['tensorrt_version']}, this is TensorRT "
-                         f"{tensorrt_version}; {rebuild}")
-    if str(built["compute_capability"]) != str(compute_capability):
-        raise SwdetError(f"{engine}: built for {built.get('gpu', '?')} (compute capability "
-                         f"{built['compute_capability']}), this GPU is {gpu} ({compute_capability}); {rebuild}")
-    if built.get("gpu") and gpu and built["gpu"] != gpu:
-        warnings.warn(f"{engine}: built on {built['gpu']}, running on {gpu} (same compute capability "
-                      f"{compute_capability}); rebuild for best performance", stacklevel=2)
-    return data
-
-
-# ----------------------------------------------------------------------------------------------
 # Build
 
 
@@ -215,15 +112,16 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, min_batch: int = 1, 
                  timing_cache: str | Path | None = None, verbose: bool = False, progress: bool = True) -> Path:
     """Build a TensorRT engine from an swdet ONNX file; returns ``out``.
 
-    The static check (:func:`swdet.export.trt_check.check_tensorrt_compat`) runs first and any
+    The static check (:func:`swdet.trt_rules.check_tensorrt_compat`) runs first and any
     error refuses the build. ``timing_cache`` is read when it exists and written back after the
     build. The sidecar ``<out>.json`` is written next to the engine.
     """
     import onnx
 
     from swdet.artifact import atomic_write_bytes
-    from swdet.export.onnx_export import detect_precision, read_onnx_metadata
-    from swdet.export.trt_check import check_tensorrt_compat, format_problems, has_errors
+    from swdet.export.onnx_export import detect_precision
+    from swdet.onnx_meta import read_onnx_metadata
+    from swdet.trt_rules import check_tensorrt_compat, format_problems, has_errors
 
     onnx_path, out = Path(onnx_path), Path(out)
     if not onnx_path.is_file():

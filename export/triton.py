@@ -51,7 +51,7 @@ def _onnx_facts(path: Path) -> tuple[dict, int | None, int, int]:
 
 def _engine_facts(path: Path) -> tuple[dict, int | None, int, int, int]:
     """``(meta, fixed batch or None, imgsz, max_det, profile max batch)`` from the sidecar."""
-    from swdet.export.tensorrt_build import read_engine_sidecar
+    from swdet.engine_meta import read_engine_sidecar
 
     meta = read_engine_sidecar(path)
     prof = meta["engine"].get("input", {})

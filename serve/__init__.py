@@ -1,7 +1,10 @@
 """swdet.serve: run exported detectors (torch, ONNX Runtime, TensorRT), batch requests,
 benchmark them and verify that a candidate costs what a baseline costs.
 
-Imports neither ``swdet.train`` nor ``swdet.export``: a deployed model needs neither.
+Imports neither ``swdet.train`` nor ``swdet.export``: a deployed model needs neither. What serve
+shares with other stages is core: host pre/post-processing (:mod:`swdet.preprocess`), the ONNX
+metadata (:mod:`swdet.onnx_meta`), the engine sidecar (:mod:`swdet.engine_meta`) and dataset
+evaluation (:func:`swdet.inference.evaluate_runtime`).
 
     from swdet.serve import load_runtime, Preprocessor, map_detections, DynamicBatcher, benchmark
     from swdet.serve.verify import verify, format_verify_report
@@ -24,11 +27,11 @@ _EXPORTS = {
     "TorchRuntime": "swdet.serve.runtimes.torch_runtime",
     "OnnxRuntime": "swdet.serve.runtimes.onnxruntime_runtime",
     "TensorRTRuntime": "swdet.serve.runtimes.tensorrt_runtime",
-    "Preprocessor": "swdet.serve.preprocess",
-    "PreparedBatch": "swdet.serve.preprocess",
-    "Detections": "swdet.serve.preprocess",
-    "prepare_batch": "swdet.serve.preprocess",
-    "map_detections": "swdet.serve.preprocess",
+    "Preprocessor": "swdet.preprocess",  # core host code, shared with predict and calib
+    "PreparedBatch": "swdet.preprocess",
+    "Detections": "swdet.preprocess",
+    "prepare_batch": "swdet.preprocess",
+    "map_detections": "swdet.preprocess",
     "DynamicBatcher": "swdet.serve.batcher",
     "QueueFull": "swdet.serve.batcher",
     "BatcherClosed": "swdet.serve.batcher",

@@ -49,7 +49,7 @@ class DynamicBatcher:
     """Group single images into batches for a :class:`~swdet.serve.runtimes.base.Runtime`.
 
     ``submit(image)`` takes one letterboxed image ``[3, S, S]`` (uint8 or float32, numpy or
-    torch; see :mod:`swdet.serve.preprocess`) and returns a Future whose result is that image's
+    torch; see :mod:`swdet.preprocess`) and returns a Future whose result is that image's
     outputs without the batch axis: ``num_dets [1]``, ``det_boxes [K, 4]``, ``det_scores [K]``,
     ``det_classes [K]`` (exactly row ``i`` of a direct ``runtime.infer`` of the same batch).
 

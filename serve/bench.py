@@ -5,12 +5,12 @@ latency comparison behind ``swdet verify``.
 batch is the whole serving path:
 
 - ``preprocess_ms``: decode the encoded images (held in memory: the disk is not timed) and
-  letterbox them into ``uint8 [B, 3, S, S]`` (:class:`swdet.serve.preprocess.Preprocessor`);
+  letterbox them into ``uint8 [B, 3, S, S]`` (:class:`swdet.preprocess.Preprocessor`);
 - ``inference_ms``: ``runtime.infer`` (host->device copy, the network and, for exported models,
   the baked-in post-processing, device->host copy) followed by ``runtime.synchronize()``, so
   no queued device work leaks into the next measurement;
 - ``postprocess_ms``: the host mapping back to original pixels and dataset ids
-  (:func:`swdet.serve.preprocess.map_detections`).
+  (:func:`swdet.preprocess.map_detections`).
 
 ``latency_ms`` is the end-to-end time of one batch (``{mean, p50, p90, p99}`` over the
 iterations), ``throughput_ips = batch_size / mean latency`` in images per second. Images come
@@ -94,7 +94,7 @@ def _image_pool(images, n: int, seed: int) -> tuple[list[tuple[str, bytes]], str
     if images is None:
         return synthetic_images(max(1, min(n, 64)), seed), "synthetic", []
     from swdet.data.image import ImageDecodeError, decode_bytes
-    from swdet.serve.preprocess import list_images
+    from swdet.data.image import list_images
 
     pool, skipped = [], []
     for f in list_images(images):
@@ -151,7 +151,7 @@ def benchmark(runtime_or_path, batch_sizes: Sequence[int] = (1, 8, 32), iters: i
     "throughput_ips", "preprocess_ms": {mean, p50}, "inference_ms": {mean, p50},
     "postprocess_ms": {mean, p50}, "iters"}]}`` (see the module docstring for what each covers).
     """
-    from swdet.serve.preprocess import Preprocessor, map_detections
+    from swdet.preprocess import Preprocessor, map_detections
 
     if int(iters) < 1:
         raise SwdetError(f"--iters: must be >= 1, got {iters}")
@@ -239,7 +239,7 @@ def interleaved_latency(runtime_a, runtime_b, batch_size: int = 8, rounds: int =
     ``ratio_r = median(B_r) / median(A_r)``. The result is ``ratio = median_r(ratio_r)`` and a
     95 % percentile-bootstrap interval of that median over the rounds (``band``): the noise band.
     """
-    from swdet.serve.preprocess import prepare_batch
+    from swdet.preprocess import prepare_batch
 
     if int(rounds) < 1 or int(iters) < 1:
         raise SwdetError(f"rounds and iters must be >= 1, got {rounds}, {iters}")

@@ -238,17 +238,13 @@ def _threshold_rows(a: OnnxSummary, b: OnnxSummary) -> list[VerifyRow]:
 
 
 def _coco_ap(runtime, ann, images, batch_size: int, progress: bool) -> float:
-    from swdet.data.coco import CocoDetection
-    from swdet.evaluation import evaluate_detections, load_coco
-    from swdet.inference import predict_dataset
+    """COCO AP of ``runtime`` on the dataset (:func:`swdet.inference.evaluate_runtime`: category
+    check, prediction, evaluation over the readable images)."""
+    from swdet.inference import evaluate_runtime
 
-    dataset = CocoDetection(ann, images, imgsz=runtime.imgsz, train=False, warn=False)
-    if dataset.category_ids != runtime.category_ids:
-        raise SwdetError(f"{ann}: categories {dataset.category_ids[:5]} do not match {runtime.source}'s "
-                         f"{runtime.category_ids[:5]}")
-    preds = predict_dataset(runtime, dataset, batch_size=batch_size, progress=progress,
-                            desc=Path(str(runtime.source)).name)
-    return float(evaluate_detections(load_coco(ann), preds).stats["AP"])
+    ev = evaluate_runtime(runtime, ann, images, batch_size=batch_size, progress=progress,
+                          desc=Path(str(runtime.source)).name, warn=False)
+    return float(ev.result.stats["AP"])
 
 
 def _accuracy(label: str, onnx_rt, source, ann, images, batch_size, tolerance, device, progress) -> tuple[dict, VerifyRow]:

@@ -109,9 +109,6 @@ def json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
-_json_default = json_default  # the name earlier modules imported
-
-
 def library_versions() -> dict[str, str]:
     import torch
     import torchvision

@@ -30,6 +30,15 @@ def box_iou(a: Tensor, b: Tensor, eps: float = 1e-9) -> Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=eps)
 
 
+def batched_box_iou(a: Tensor, b: Tensor, eps: float = 1e-9) -> Tensor:
+    """Pairwise IoU within each batch row: ``a [B, N, 4]``, ``b [B, M, 4]`` -> ``[B, N, M]``
+    (``IoU = |A ∩ B| / |A ∪ B|``, the union clamped below at ``eps``)."""
+    lt = torch.maximum(a[:, :, None, :2], b[:, None, :, :2])
+    rb = torch.minimum(a[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / (box_area(a)[:, :, None] + box_area(b)[:, None, :] - inter).clamp(min=eps)
+
+
 def elementwise_iou(a: Tensor, b: Tensor, eps: float = 1e-9) -> Tensor:
     """IoU of matching rows: ``a [..., 4]``, ``b [..., 4]`` -> ``[...]``."""
     lt = torch.maximum(a[..., :2], b[..., :2])
@@ -103,11 +112,3 @@ def clip_boxes(boxes: Tensor, height: float, width: float) -> Tensor:
     x = boxes[..., 0::2].clamp(0, width)
     y = boxes[..., 1::2].clamp(0, height)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
-
-
-def xyxy_to_xywh(boxes: Tensor) -> Tensor:
-    return torch.cat((boxes[..., :2], boxes[..., 2:] - boxes[..., :2]), dim=-1)
-
-
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    return torch.cat((boxes[..., :2], boxes[..., :2] + boxes[..., 2:]), dim=-1)

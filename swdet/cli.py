@@ -168,20 +168,12 @@ def eval_cmd(model, ann, images, json_out, predictions, device, batch_size, scor
       swdet eval runs/pisa --ann data/synth/annotations/instances_val.json --images data/synth/val
       swdet eval pisa.onnx --ann coco/annotations/instances_val2017.json --images coco/val2017 --json m.json
     """
-    from swdet.evaluation import evaluate_detections, format_eval_table, load_coco, write_metrics_json, \
-        write_predictions_json
-    from swdet.inference import predict_dataset
+    from swdet.evaluation import format_eval_table, write_metrics_json, write_predictions_json
+    from swdet.inference import evaluate_runtime
     from swdet.serve.runtimes import load_runtime
 
-    from swdet.data.coco import CocoDetection
-
     rt = load_runtime(model, device=device, score_threshold=score_threshold)
-    dataset = CocoDetection(ann, images, imgsz=rt.imgsz, train=False)
-    if dataset.category_ids != rt.category_ids:
-        raise SwdetError(f"{ann}: categories {dataset.category_ids[:5]}... do not match the model's "
-                         f"{rt.category_ids[:5]}...")
-    preds = predict_dataset(rt, dataset, batch_size=batch_size, progress=not quiet)
-    result = evaluate_detections(load_coco(ann), preds)
+    result, preds, dataset = evaluate_runtime(rt, ann, images, batch_size=batch_size, progress=not quiet)
     click.echo(format_eval_table(result, title=f"{model} ({rt.name}, {rt.device_name})"))
     if dataset.skipped_images:
         click.echo(f"warning: {dataset.skipped_images} unreadable images skipped", err=True)

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from swdet.artifact import atomic_write_bytes, atomic_write_json
 from swdet.errors import MissingDependency, SwdetError
 
 __all__ = [
@@ -263,8 +263,7 @@ def write_predictions_json(path: str | os.PathLike, predictions: Iterable[dict[s
 
     numpy scalars and arrays inside the dicts are converted to plain JSON numbers and lists.
     """
-    text = json.dumps(list(predictions), default=_json_default, separators=(",", ":"), allow_nan=False)
-    return _atomic_write_text(Path(path), text + "\n")
+    return atomic_write_json(path, list(predictions), indent=None, allow_nan=False)
 
 
 def load_predictions_json(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -530,8 +529,7 @@ def write_metrics_json(
         if clash:
             raise ValueError(f"extra keys {clash} would overwrite evaluation keys")
         data.update(extra)
-    text = json.dumps(data, indent=2, default=_json_default, allow_nan=False)
-    return _atomic_write_text(Path(path), text + "\n")
+    return atomic_write_json(path, data, indent=2, allow_nan=False)
 
 
 def plot_pr_curve(result: EvalResult, path: str | os.PathLike, title: str | None = None) -> Path:
@@ -563,7 +561,7 @@ def plot_pr_curve(result: EvalResult, path: str | os.PathLike, title: str | None
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write_bytes(Path(path), buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,43 +581,3 @@ def _no_print(*args: Any, **kwargs: Any) -> None:
 
 def _fraction_or_none(v: float) -> float | None:
     return None if v is None or v < 0 or not math.isfinite(v) else float(v)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    return _atomic_write_bytes(path, text.encode("utf-8"))

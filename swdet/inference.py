@@ -8,6 +8,7 @@ image pixels and dataset category ids here, once, for all runtimes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,32 +30,37 @@ def unpack_detections(outputs: dict, index: int) -> tuple[np.ndarray, np.ndarray
 
 def to_coco_results(outputs: dict, letterboxes: list[Letterbox], image_ids: list[int],
                     category_ids: list[int], keep: list[bool] | None = None) -> list[dict]:
-    """COCO results records (``bbox`` x, y, w, h in original pixels, dataset category ids).
+    """COCO results records of a batch of runtime outputs: each image's boxes mapped from the
+    canvas to original pixels through its letterbox (``box / scale``, clipped), then
+    :func:`swdet.evaluation.to_coco_results` (xyxy -> xywh, class index -> dataset category id).
     ``keep[i] = False`` drops image ``i`` (an unreadable image evaluated as a blank canvas)."""
+    from swdet.evaluation import to_coco_results as image_results
+
     results = []
-    cat = np.asarray(category_ids)
     for i, (lb, image_id) in enumerate(zip(letterboxes, image_ids)):
         if keep is not None and not keep[i]:
             continue
         boxes, scores, classes = unpack_detections(outputs, i)
-        if len(boxes) == 0:
-            continue
-        boxes = lb.to_original(boxes)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        for box, size, s, c in zip(boxes, wh, scores, classes):
-            results.append({
-                "image_id": int(image_id),
-                "category_id": int(cat[c]),
-                "bbox": [round(float(box[0]), 3), round(float(box[1]), 3), round(float(size[0]), 3),
-                         round(float(size[1]), 3)],
-                "score": round(float(s), 5),
-            })
+        if len(boxes):
+            results.extend(image_results(image_id, lb.to_original(boxes), scores, classes, category_ids))
     return results
 
 
+class Predictions(list):
+    """COCO results records (a plain list of dicts) plus ``image_ids``: the images that were read
+    and predicted. An unreadable image is predicted as a blank canvas (so each image is seen
+    once) but is not in ``image_ids``: evaluate on ``image_ids`` so its ground truth does not
+    count as missed (``evaluate_detections(gt, preds, image_ids=preds.image_ids)``)."""
+
+    def __init__(self, records=(), image_ids=()):
+        super().__init__(records)
+        self.image_ids: list[int] = [int(i) for i in image_ids]
+
+
 def predict_dataset(infer: Callable, dataset, *, batch_size: int = 8, workers: int = 0,
-                    progress: bool = True, desc: str = "eval") -> list[dict]:
-    """Run ``infer`` over an evaluation dataset (``train=False``); returns COCO results."""
+                    progress: bool = True, desc: str = "eval") -> Predictions:
+    """Run ``infer`` over an evaluation dataset (``train=False``); returns the COCO results as
+    :class:`Predictions` (with the readable image ids)."""
     import torch
     from tqdm import tqdm
 
@@ -62,13 +68,78 @@ def predict_dataset(infer: Callable, dataset, *, batch_size: int = 8, workers: i
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
-    results: list[dict] = []
+    results = Predictions()
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         outputs = infer(images)
         lbs = [Letterbox(t["orig_size"][0], t["orig_size"][1], images.shape[-1], t["scale"]) for t in targets]
-        results.extend(to_coco_results(outputs, lbs, [t["image_id"] for t in targets],
-                                       dataset.category_ids, keep=[not t.get("unreadable") for t in targets]))
+        keep = [not t.get("unreadable") for t in targets]
+        results.extend(to_coco_results(outputs, lbs, [t["image_id"] for t in targets], dataset.category_ids,
+                                       keep=keep))
+        results.image_ids.extend(int(t["image_id"]) for t, k in zip(targets, keep) if k)
     return results
+
+
+class DatasetEval(NamedTuple):
+    """What :func:`evaluate_runtime` returns: the COCO evaluation, the predictions (with the
+    readable image ids) and the dataset (``dataset.skipped_images`` counts the unreadable)."""
+
+    result: Any  # swdet.evaluation.EvalResult
+    predictions: Predictions
+    dataset: Any  # swdet.data.coco.CocoDetection
+
+
+def evaluate_runtime(infer: Callable, ann_file=None, image_dir=None, *, imgsz: int | None = None,
+                     category_ids: list[int] | None = None, dataset=None, batch_size: int = 8, workers: int = 0,
+                     progress: bool = True, desc: str = "eval", warn: bool = True,
+                     backend: str = "auto") -> DatasetEval:
+    """COCO box AP of a runtime on a dataset: the one path behind ``swdet eval``, ``swdet verify``,
+    ``swdet pipeline`` and the trainer's evaluation.
+
+    1. the evaluation dataset: ``dataset`` when given (an evaluation ``CocoDetection``, e.g. the
+       trainer's validation split), else ``CocoDetection(ann_file, image_dir, imgsz, train=False)``;
+    2. its category ids must equal the model's (``category_ids``, default ``infer.category_ids``):
+       class index ``k`` of the model is dataset category ``category_ids[k]``; otherwise a
+       one-line :class:`SwdetError`;
+    3. :func:`predict_dataset`;
+    4. :func:`swdet.evaluation.evaluate_detections` against the dataset's ground truth
+       (``dataset.coco``: the annotation file as the data layer cleaned it; the same as the file
+       for a well-formed one) over the images that were read: an unreadable image is skipped and
+       counted (``dataset.skipped_images``), its ground truth is not counted as missed.
+
+    ``infer`` is a runtime (``imgsz`` and ``category_ids`` are read from it) or any callable
+    ``images [B, 3, S, S] -> {num_dets, det_boxes, det_scores, det_classes}``.
+    """
+    from swdet.errors import SwdetError
+    from swdet.evaluation import evaluate_detections
+
+    if category_ids is None:
+        category_ids = getattr(infer, "category_ids", None)
+        if category_ids is None:
+            raise TypeError("evaluate_runtime: pass category_ids for a plain infer callable")
+    if dataset is None:
+        from swdet.data.coco import CocoDetection
+
+        if ann_file is None or image_dir is None:
+            raise TypeError("evaluate_runtime: pass ann_file and image_dir (or a dataset)")
+        size = imgsz if imgsz is not None else getattr(infer, "imgsz", None)
+        if size is None:
+            raise TypeError("evaluate_runtime: pass imgsz for a plain infer callable")
+        dataset = CocoDetection(ann_file, image_dir, imgsz=int(size), train=False, warn=warn)
+    model_ids = [int(c) for c in category_ids]
+    if list(dataset.category_ids) != model_ids:
+        source = getattr(infer, "source", "the model")
+        raise SwdetError(f"{getattr(dataset, 'ann_file', ann_file)}: category ids {_head(dataset.category_ids)} do not match {source}'s "
+                         f"{_head(model_ids)} (evaluate on the dataset the model was trained for)")
+    preds = predict_dataset(infer, dataset, batch_size=batch_size, workers=workers, progress=progress, desc=desc)
+    if not preds.image_ids:
+        raise SwdetError(f"{getattr(dataset, 'image_dir', image_dir)}: none of the {len(dataset)} images could be read")
+    result = evaluate_detections(dataset.coco, preds, image_ids=preds.image_ids, backend=backend)
+    return DatasetEval(result, preds, dataset)
+
+
+def _head(ids, n: int = 5) -> str:
+    ids = [int(i) for i in ids]
+    return "[" + ", ".join(map(str, ids[:n])) + (", ...]" if len(ids) > n else "]")
 
 
 def letterbox_batch(images, size: int) -> tuple[np.ndarray, list[Letterbox]]:

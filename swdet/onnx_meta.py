@@ -6,6 +6,7 @@ calibration, the calibration settings under ``meta["calibration"]``. Export writ
 rewrites it, serve and verify read it: this module is the one place that encodes and decodes
 it. It imports neither torch nor onnx at module level (the ONNX Runtime path hands over the
 string from ``InferenceSession.get_modelmeta()``; the onnx package is only needed for protos).
+The format name and version are :mod:`swdet.artifact`'s (``model.json`` is the same document).
 
 Two levels of reading:
 
@@ -23,14 +24,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swdet.artifact import FORMAT, FORMAT_VERSION, json_default
 from swdet.errors import SwdetError
 
 if TYPE_CHECKING:
     import onnx
 
 METADATA_KEY = "swdet"
-META_KEY = METADATA_KEY  # the name serve used
-MODEL_FORMAT = "swdet-model"  # == swdet.artifact.FORMAT (not imported: that module pulls in the config)
 
 __all__ = ["METADATA_KEY", "decode_metadata", "validate_metadata", "parse_metadata", "metadata_text",
            "read_onnx_metadata", "require_onnx_metadata", "set_onnx_metadata"]
@@ -54,15 +54,12 @@ def validate_metadata(meta: dict | None, source: str) -> dict:
     """``meta`` when it is a model description a runtime can use; otherwise a one-line error."""
     if meta is None:
         raise SwdetError(f"{source}: not an swdet model (no swdet metadata); export it with swdet export")
-    if meta.get("format") != MODEL_FORMAT or "input" not in meta:
+    if meta.get("format") != FORMAT or "input" not in meta:
         raise SwdetError(f"{source}: the swdet metadata is not a model description; re-export the model")
     raw = meta.get("format_version", 0)
     version = int(raw) if str(raw).isdigit() else 0
-    if version > 1:  # import the artifact module (the config) only when it can matter
-        from swdet.artifact import FORMAT_VERSION
-
-        if version > FORMAT_VERSION:
-            raise SwdetError(f"{source}: written by a newer swdet (format_version {version}); upgrade swdet")
+    if version > FORMAT_VERSION:
+        raise SwdetError(f"{source}: written by a newer swdet (format_version {version}); upgrade swdet")
     return meta
 
 
@@ -106,8 +103,6 @@ def require_onnx_metadata(model: onnx.ModelProto | str | Path, source: str | Non
 
 def set_onnx_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
     """Store ``meta`` (JSON) under ``metadata_props["swdet"]``, replacing an earlier entry."""
-    from swdet.artifact import json_default
-
     keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)

@@ -48,9 +48,8 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
                  progress: bool = True) -> dict:
     from swdet.config import load_config
     from swdet.data.synth import write_synthetic_dataset
-    from swdet.evaluation import evaluate_detections, load_coco
     from swdet.export import export_onnx
-    from swdet.inference import predict_dataset
+    from swdet.inference import evaluate_runtime
     from swdet.serve.bench import benchmark
     from swdet.serve.runtimes import load_runtime
     from swdet.serve.verify import format_verify_report, verify
@@ -112,15 +111,11 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
         models.append(("onnxruntime-int8", onnx_int8, _size_mb(onnx_int8)))
 
     _stage("eval")
-    from swdet.data.coco import CocoDetection
-
-    coco = load_coco(ann_val)
     rows = []
     for name, path, size in models:
         rt = load_runtime(path, device="cpu")
-        dataset = CocoDetection(ann_val, data / "val", imgsz=rt.imgsz, train=False, warn=False)
-        preds = predict_dataset(rt, dataset, batch_size=8, progress=progress, desc=f"eval {name}")
-        stats = evaluate_detections(coco, preds).stats
+        stats = evaluate_runtime(rt, ann_val, data / "val", batch_size=8, progress=progress,
+                                 desc=f"eval {name}", warn=False).result.stats
         _stage(f"serve bench {name}")
         bench = benchmark(rt, batch_sizes=(1, 8), iters=bench_iters, warmup=3, images=data / "val")
         b1, b8 = bench["results"]

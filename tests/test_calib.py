@@ -61,7 +61,7 @@ def _network_outputs(path, images):
 
 
 def _images(folder, n):
-    from swdet.serve.preprocess import list_images, prepare_batch
+    from swdet.preprocess import list_images, prepare_batch
 
     return prepare_batch(list_images(folder)[:n], IMGSZ).images
 
@@ -104,7 +104,7 @@ def test_zero_points_are_int8_zero_and_weights_int8_per_channel(int8):
 
 def test_post_processing_stays_float(int8, fp32_onnx):
     """No Q/DQ at or after the post-processing; its nodes are the fp32 export's, unchanged."""
-    from swdet.export.trt_check import _Graph, _post_region
+    from swdet.trt_rules import _Graph, _post_region
 
     model = onnx.load(str(int8.out))
     post = _post_region(_Graph(model))
@@ -269,3 +269,33 @@ def test_export_check_only_accepts_the_int8_model(int8):
     from swdet.cli import main
 
     assert main(["export", str(int8.out), "--check-only"]) == 0
+
+
+def test_calib_never_imports_export_serve_or_train(fp32_onnx, calib_images, tmp_path):
+    """calib may be imported by export, so it must not import export (a cycle), nor serve or
+    train (DESIGN.md, Layout): what it shares with them is core (swdet.onnx_meta,
+    swdet.trt_rules, swdet.preprocess)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "m.int8.onnx"
+    code = f"""
+import sys
+import swdet.calib, swdet.calib.cli, swdet.calib.quantize, swdet.calib.stats, swdet.calib.report
+from swdet.calib import calibrate
+r = calibrate({str(fp32_onnx)!r}, {str(calib_images)!r}, {str(out)!r}, num_images=2, method="minmax",
+              cache={str(tmp_path / "c.npz")!r}, report=True, report_images=1)
+assert r.out.is_file()
+bad = sorted(m for m in sys.modules if m.startswith(("swdet.export", "swdet.serve", "swdet.train")))
+print("BAD", bad)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "BAD []" in res.stdout
+    calib_dir = Path(__import__("swdet.calib").calib.__file__).parent
+    for f in calib_dir.rglob("*.py"):
+        for line in f.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ", "from ")):
+                assert not any(m in s for m in ("swdet.export", "swdet.serve", "swdet.train")), f"{f}: {s}"

@@ -148,7 +148,7 @@ def test_missing_folders(tmp_path):
         convert_yolo(tmp_path / "images", tmp_path / "nolabels", ["a"], tmp_path / "o.json")
     with pytest.raises(SwdetError, match=r"noimages: image directory not found"):
         convert_yolo(tmp_path / "noimages", tmp_path / "images", ["a"], tmp_path / "o.json")
-    with pytest.raises(SwdetError, match="no image files"):
+    with pytest.raises(SwdetError, match="no images found"):
         convert_yolo(tmp_path / "images", tmp_path / "images", ["a"], tmp_path / "o.json")
 
 

@@ -154,7 +154,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
     torch.save(state, wrong)
     bad_stats, _ = write_checkpoint(tmp_path / "badstats.pt", stats={"num_fg": 5, "num_all": 0})
     cases = [(junk, "not a readable swdet checkpoint"), (ckpt_no_names, "'class_names'"),
-             (wrong, "do not match"), (bad_stats, "num_all > 0"), (tmp_path / "missing.pt", "no such file")]
+             (wrong, "do not match"), (bad_stats, "anchor statistics: need 0 < num_fg <= num_all"), (tmp_path / "missing.pt", "no such file")]
     for path, words in cases:
         with pytest.raises(SwdetError) as e:
             to_artifact(path)

@@ -16,19 +16,12 @@ from onnx import TensorProto, helper, numpy_helper
 import swdet.config
 from swdet.artifact import build_metadata, save_artifact
 from swdet.config import PostprocessConfig
+from swdet.engine_meta import check_engine_sidecar, engine_sidecar, sidecar_path, write_engine_sidecar
 from swdet.errors import MissingDependency, SwdetError
 from swdet.export import check_tensorrt_compat, export_onnx, format_problems
-from swdet.export.onnx_export import set_onnx_metadata
-from swdet.export.tensorrt_build import (
-    build_engine,
-    check_engine_sidecar,
-    engine_sidecar,
-    import_tensorrt,
-    resolve_profile,
-    sidecar_path,
-    write_engine_sidecar,
-)
+from swdet.export.tensorrt_build import build_engine, import_tensorrt, resolve_profile
 from swdet.models import build_model
+from swdet.onnx_meta import set_onnx_metadata
 
 IMGSZ = 128
 
@@ -276,7 +269,7 @@ def test_engine_sidecar_roundtrip_and_mismatch(tmp_path):
     data = check_engine_sidecar(engine, tensorrt_version="10.3.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
     assert data["engine"]["precision"] == "fp16" and data["engine"]["input"]["max"] == [32, 3, 64, 64]
     assert data["format"] == "swdet-model"
-    with pytest.raises(SwdetError, match=r"built with TensorRT 10\.3\.0, this is TensorRT 10\.8\.0") as e:
+    with pytest.raises(SwdetError, match=r"built with TensorRT 10\.3\.0, this machine has TensorRT 10\.8\.0") as e:
         check_engine_sidecar(engine, tensorrt_version="10.8.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
     assert "\n" not in str(e.value)
     with pytest.raises(SwdetError, match="compute capability 9.0"):

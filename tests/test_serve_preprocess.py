@@ -12,7 +12,7 @@ from test_serve_helpers import CATEGORY_IDS, CLASS_NAMES, write_image
 from swdet.data.image import ImageDecodeError
 from swdet.data.letterbox import Letterbox
 from swdet.inference import letterbox_batch
-from swdet.serve.preprocess import Preprocessor, map_detections, prepare_batch
+from swdet.preprocess import Preprocessor, map_detections, prepare_batch
 
 
 def test_every_input_kind_gives_the_same_canvas(tmp_path):

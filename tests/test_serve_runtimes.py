@@ -85,7 +85,7 @@ def test_load_runtime_picks_by_suffix(models, tmp_path):
 def test_engine_suffix_goes_to_tensorrt(tmp_path):
     eng = tmp_path / "m.engine"
     eng.write_bytes(b"not really an engine")
-    with pytest.raises(SwdetError, match="missing its sidecar m.engine.json"):
+    with pytest.raises(SwdetError, match="no sidecar m.engine.json next to it"):
         load_runtime(eng)
     (tmp_path / "m.engine.json").write_text(json.dumps({**toy_meta(64), "engine": {
         "tensorrt_version": "0.0.0", "gpu": "x", "compute_capability": "0.0"}}))
@@ -186,23 +186,27 @@ def test_intra_op_threads_option(models):
 
 
 def test_tensorrt_sidecar_checks():
-    from swdet.serve.runtimes.tensorrt_runtime import check_sidecar, split_sidecar
+    """The runtime's sidecar rules are core's (swdet.engine_meta), the ones swdet export writes for."""
+    from swdet.engine_meta import check_engine_compat, split_sidecar
+
+    def check(info, trt, gpu, cc):
+        check_engine_compat(info, "e.json", tensorrt_version=trt, gpu=gpu, compute_capability=cc)
 
     meta = toy_meta(64)
     engine = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
               "input": {"name": "images", "min": [1, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [32, 3, 64, 64]}}
     m, info = split_sidecar({**meta, "engine": engine}, "e.json")  # the layout swdet export writes
     assert m["input"]["size"] == 64 and "engine" not in m and info["compute_capability"] == "9.0"
-    check_sidecar(info, "e.json", "10.3.0", "NVIDIA H100", "9.0")
+    check(info, "10.3.0", "NVIDIA H100", "9.0")
     with pytest.raises(SwdetError, match=r"built with TensorRT 10.3.0, this machine has TensorRT 10.4.0; rebuild"):
-        check_sidecar(info, "e.json", "10.4.0", "NVIDIA H100", "9.0")
+        check(info, "10.4.0", "NVIDIA H100", "9.0")
     with pytest.raises(SwdetError, match=r"compute capability 9.0\), this is NVIDIA A100 \(8.0\)"):
-        check_sidecar(info, "e.json", "10.3.0", "NVIDIA A100", "8.0")
+        check(info, "10.3.0", "NVIDIA A100", "8.0")
     with pytest.warns(UserWarning, match="same compute capability"):
-        check_sidecar(info, "e.json", "10.3.0", "NVIDIA H100 NVL", "9.0")
+        check(info, "10.3.0", "NVIDIA H100 NVL", "9.0")
     _, flat = split_sidecar({**meta, "tensorrt_version": "10.3.0", "gpu": "A"}, "e.json")
     with pytest.raises(SwdetError, match=r"built for GPU 'A', this is 'B'"):  # no capability recorded: names
-        check_sidecar(flat, "e.json", "10.3.0", "B", "9.0")
+        check(flat, "10.3.0", "B", "9.0")
     with pytest.raises(SwdetError, match="no swdet model description"):
         split_sidecar({"engine": engine}, "e.json")
     with pytest.raises(SwdetError, match="lacks 'tensorrt_version'"):
@@ -213,9 +217,10 @@ def test_tensorrt_sidecar_checks():
 @requires_gpu
 @requires_trt
 def test_tensorrt_engine_matches_onnxruntime(models, tmp_path):
-    build = pytest.importorskip("swdet.export.tensorrt_build", reason="swdet.export.tensorrt_build is not available")
+    from swdet.export.tensorrt_build import build_engine
+
     engine = tmp_path / "m.engine"
-    build.build_engine(models["dyn"], engine, max_batch=4, progress=False)
+    build_engine(models["dyn"], engine, max_batch=4, progress=False)
     rt = load_runtime(engine)
     assert rt.name == "tensorrt" and rt.max_batch == 4
     x = _images(3, 7)

@@ -1,4 +1,8 @@
-"""Training checkpoints: written atomically (temp file + rename), so a kill never corrupts one."""
+"""Training checkpoints: written atomically (temp file + rename), so a kill never corrupts one.
+
+Reading is core's :func:`swdet.artifact.read_checkpoint` (``swdet export`` reads checkpoints too,
+without importing ``swdet.train``); :func:`load_checkpoint` adds what resuming needs.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from swdet.artifact import atomic_write_bytes
-from swdet.errors import SwdetError
+from swdet.artifact import atomic_write_bytes, read_checkpoint
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -18,14 +21,6 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SwdetError(f"{path}: checkpoint not found")
-    try:
-        # The checkpoint holds numpy RNG state and plain containers; it is our own file.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user error
-        raise SwdetError(f"{path}: not a readable swdet checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-        raise SwdetError(f"{path}: not an swdet training checkpoint (no model/iteration)")
-    return state
+    """A checkpoint to resume from: :func:`~swdet.artifact.read_checkpoint` with an
+    ``iteration``."""
+    return read_checkpoint(path, map_location, require=("iteration",))

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from swdet.artifact import atomic_write_json, build_metadata, save_artifact
+from swdet.artifact import atomic_write_json, build_metadata, save_artifact, threshold_record
 from swdet.config import Config
 from swdet.errors import SwdetError, TrainingDiverged
 from swdet.models import build_model, count_parameters
@@ -545,24 +545,18 @@ class Trainer:
 
     def threshold_info(self) -> dict:
         if self.methods.sets_threshold and self.stats:
-            from swdet.train.weighting import adaptive_threshold
-
-            theta = float(adaptive_threshold(self.stats["num_fg"], self.stats["num_all"]))
-            return {"source": "sampling_free", "rule": "N_f/N", "theta": theta,
-                    "num_fg": int(self.stats["num_fg"]), "num_all": int(self.stats["num_all"])}
+            return threshold_record(self.stats["num_fg"], self.stats["num_all"])
         return {"source": "default", "theta": self.cfg.postprocess.score_threshold}
 
     def evaluate(self, progress: bool = True) -> dict:
         if self.val_set is None:
             return {}
-        from swdet.evaluation import evaluate_detections
-        from swdet.inference import predict_dataset
+        from swdet.inference import evaluate_runtime
 
-        predictor = self.predictor()
-        preds = predict_dataset(predictor, self.val_set, batch_size=max(1, self.cfg.train.batch_size),
-                                workers=min(self.cfg.data.workers, 2), progress=progress and self.progress)
-        self.last_predictions = preds
-        self.last_eval = evaluate_detections(self.val_set.coco, preds)
+        ev = evaluate_runtime(self.predictor(), dataset=self.val_set, category_ids=self.train_set.category_ids,
+                              batch_size=max(1, self.cfg.train.batch_size), workers=min(self.cfg.data.workers, 2),
+                              progress=progress and self.progress)
+        self.last_eval, self.last_predictions = ev.result, ev.predictions
         return dict(self.last_eval.stats)
 
     def write_artifact(self) -> Path:

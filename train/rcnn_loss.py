@@ -47,7 +47,7 @@ from swdet.train.methods.base import SampleRecord
 from swdet.train.retina_loss import classification_loss
 from torch import Tensor
 
-from swdet.boxes import BoxCoder, elementwise_iou
+from swdet.boxes import BoxCoder, batched_box_iou, elementwise_iou
 from swdet.models.anchors import generate_anchors
 from swdet.models.faster_rcnn import ROI_BOX_WEIGHTS, RPN_BOX_WEIGHTS
 
@@ -180,12 +180,7 @@ def match_rois(rois: Tensor, roi_valid: Tensor, gt_boxes: Tensor, gt_labels: Ten
     Foreground (its GT's class) at ``IoU >= fg_iou``, background (-1) in ``[bg_iou_lo, bg_iou_hi)``,
     ignored (-2) otherwise and for padding RoIs. An image without GT has only background RoIs.
     """
-    lt = torch.maximum(rois[:, :, None, :2], gt_boxes[:, None, :, :2])
-    rb = torch.minimum(rois[:, :, None, 2:], gt_boxes[:, None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_r = ((rois[..., 2] - rois[..., 0]).clamp(min=0) * (rois[..., 3] - rois[..., 1]).clamp(min=0))
-    area_g = ((gt_boxes[..., 2] - gt_boxes[..., 0]).clamp(min=0) * (gt_boxes[..., 3] - gt_boxes[..., 1]).clamp(min=0))
-    iou = inter / (area_r[:, :, None] + area_g[:, None, :] - inter).clamp(min=1e-9)
+    iou = batched_box_iou(rois, gt_boxes)
     iou = torch.where(gt_valid[:, None, :], iou, torch.full_like(iou, -1.0))
     best, gt_index = iou.max(dim=2)
     best = best.clamp(min=0.0)  # no GT: IoU 0, background

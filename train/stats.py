@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from swdet.artifact import atomic_write_json
+from swdet.errors import SwdetError
 from swdet.train.assign import IGNORE
 
 CACHE_NAME = "anchor_stats.json"
@@ -83,11 +85,9 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, entries: dict) -> None:
-    """Atomic write (temp file + rename), so a kill or a parallel rank never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"entries": entries}, indent=1))
-    os.replace(tmp, path)
+    """Atomic write (a unique temp file + rename), so a kill or a parallel rank never leaves half
+    a file; an unwritable folder is a :class:`SwdetError`."""
+    atomic_write_json(path, {"entries": entries}, indent=1)
 
 
 def _matcher_on(assigner, device):
@@ -172,6 +172,6 @@ def anchor_statistics(dataset, assigner, cache_dir: str | os.PathLike | None = N
             entries.pop(next(iter(entries)))  # drop the oldest
         try:
             _write_cache(path, entries)
-        except OSError as e:  # a read-only run directory only loses the cache
-            warnings.warn(f"{path}: anchor statistics not cached ({e})", stacklevel=2)
+        except SwdetError as e:  # a read-only run directory only loses the cache
+            warnings.warn(f"anchor statistics not cached: {e}", stacklevel=2)
     return stats

@@ -25,13 +25,14 @@ Where a paper and ``DESIGN.md`` differ, ``DESIGN.md`` is the chosen reading.
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 
 import torch
 from torch import Tensor
 
+from swdet.artifact import threshold_record
 from swdet.errors import SwdetError
+from swdet.models.retinanet import prior_bias
 
 __all__ = [
     "iou_hlr_rank",
@@ -335,14 +336,13 @@ def optimal_bias(num_fg, num_all, num_classes):
 
     ``b = -log((1 - π) / π) = -log(N·C / N_f - 1)``,  ``π`` from :func:`optimal_prior`.
 
-    Accepts Python numbers (returns a float) or tensors (returns a tensor).
+    The bias formula itself is :func:`swdet.models.retinanet.prior_bias`, the one the heads'
+    ``set_prior`` apply. Accepts Python numbers (returns a float) or tensors (returns a tensor).
     """
     prior = optimal_prior(num_fg, num_all, num_classes)
-    if isinstance(prior, Tensor):
-        return torch.log(prior) - torch.log1p(-prior)
-    if prior >= 1.0:
+    if not isinstance(prior, Tensor) and prior >= 1.0:
         raise SwdetError(f"num_fg={num_fg}: every anchor is foreground for the one class; the prior is 1")
-    return math.log(prior) - math.log1p(-prior)
+    return prior_bias(prior)
 
 
 def adaptive_threshold(num_fg, num_all):
@@ -351,11 +351,13 @@ def adaptive_threshold(num_fg, num_all):
     ``θ = N_f / N``
 
     The counts come from matching the anchors to the whole training set once (no forward pass).
-    Accepts Python numbers (returns a float) or tensors (returns a tensor).
+    Accepts Python numbers (returns a float; the division of
+    :func:`swdet.artifact.threshold_record`, the ``model.json`` record export and the trainer
+    write) or tensors (returns a tensor).
     """
     _check_counts(num_fg, num_all)
     if _is_number(num_fg) and _is_number(num_all):
-        return float(num_fg) / float(num_all)
+        return threshold_record(num_fg, num_all)["theta"]
     return _as_float(num_fg) / _as_float(num_all)
 
 

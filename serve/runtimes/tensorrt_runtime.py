@@ -4,8 +4,9 @@ An engine ``model.engine`` comes with a sidecar JSON ``model.engine.json`` that 
 ``model.json`` metadata plus an ``"engine"`` section: ``tensorrt_version``, the ``gpu`` and its
 ``compute_capability``, the precision and the optimization-profile shapes. An engine only runs
 on the TensorRT version and GPU architecture it was built for, so both are checked before
-deserializing: a mismatch is a one-line error telling the user to rebuild. (This check is
-implemented here, not imported from ``swdet.export``: serving never imports the export stage.)
+deserializing: a mismatch is a one-line error telling the user to rebuild. The sidecar and its
+rules live in core (:mod:`swdet.engine_meta`), shared with ``swdet export`` which writes it:
+serving never imports the export stage.
 
 Device memory and the stream come from PyTorch (torch already owns the CUDA context; no
 pycuda): input and output buffers are torch CUDA tensors whose ``data_ptr()`` go to
@@ -16,78 +17,15 @@ ONNX contract, so they are known once the input shape is set.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from swdet.errors import MissingDependency, SwdetError
+from swdet.engine_meta import check_engine_compat, import_tensorrt, read_engine_sidecar, sidecar_path, split_sidecar
+from swdet.errors import SwdetError
 from swdet.serve.runtimes.base import OUTPUT_NAMES, Runtime
 from swdet.serve.runtimes.onnxruntime_runtime import check_score_threshold
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependency("tensorrt", "tensorrt", "running engines") from None
-    return trt
-
-
-def find_sidecar(engine: Path) -> Path | None:
-    """``<engine>.json`` next to the engine (``m.engine`` -> ``m.engine.json``)."""
-    cand = engine.with_name(engine.name + ".json")
-    return cand if cand.is_file() else None
-
-
-def split_sidecar(data: dict, source: str) -> tuple[dict, dict]:
-    """``(model.json metadata, engine info)`` from a sidecar.
-
-    The layout written by ``swdet export --format tensorrt``: the ``model.json`` keys plus an
-    ``"engine"`` section (``tensorrt_version``, ``gpu``, ``compute_capability``, ``precision``,
-    ``input: {name, min, opt, max}``). TensorRT keys at the top level are accepted too.
-    """
-    if not isinstance(data, dict):
-        raise SwdetError(f"{source}: engine sidecar is not a JSON object; rebuild the engine")
-    meta = {k: v for k, v in data.items() if k != "engine"}
-    info = dict(data["engine"]) if isinstance(data.get("engine"), dict) else {}
-    for key in ("tensorrt_version", "gpu", "compute_capability", "precision"):
-        if key in data and key not in info:
-            info[key] = data[key]
-    if meta.get("format") != "swdet-model" or "input" not in meta:
-        raise SwdetError(f"{source}: engine sidecar holds no swdet model description; rebuild the engine "
-                         "with swdet export --format tensorrt")
-    if "tensorrt_version" not in info:
-        raise SwdetError(f"{source}: engine sidecar lacks 'tensorrt_version'; rebuild the engine")
-    return meta, info
-
-
-def check_sidecar(info: dict, source: str, trt_version: str, gpu_name: str | None,
-                  compute_capability: str | None = None) -> None:
-    """An engine runs only on the TensorRT version and GPU architecture it was built for.
-
-    A different TensorRT version or compute capability is an error; the same compute capability
-    under another GPU name only warns (TensorRT loads it; its tactics were tuned elsewhere). When
-    the sidecar has no compute capability, the GPU name must match.
-    """
-    built = info.get("tensorrt_version")
-    if built and str(built) != str(trt_version):
-        raise SwdetError(f"{source}: engine built with TensorRT {built}, this machine has TensorRT {trt_version}; "
-                         "rebuild it here with swdet export --format tensorrt")
-    gpu = info.get("gpu")
-    cc = info.get("compute_capability")
-    if cc and compute_capability and str(cc) != str(compute_capability):
-        raise SwdetError(f"{source}: engine built for {gpu or 'a GPU'} (compute capability {cc}), this is "
-                         f"{gpu_name} ({compute_capability}); rebuild it on this GPU with swdet export --format tensorrt")
-    if gpu and gpu_name and str(gpu).strip() != str(gpu_name).strip():
-        if not cc:
-            raise SwdetError(f"{source}: engine built for GPU '{gpu}', this is '{gpu_name}'; "
-                             "rebuild it on this GPU with swdet export --format tensorrt")
-        import warnings
-
-        warnings.warn(f"{source}: engine built on {gpu}, running on {gpu_name} (same compute capability {cc}); "
-                      "rebuild for best performance", stacklevel=3)
 
 
 class TensorRTRuntime(Runtime):
@@ -100,16 +38,8 @@ class TensorRTRuntime(Runtime):
         src = str(p)
         if not p.is_file():
             raise SwdetError(f"{p}: no such file")
-        sidecar = find_sidecar(p)
-        if sidecar is None:
-            raise SwdetError(f"{p}: missing its sidecar {p.name}.json (model metadata, TensorRT version, GPU); "
-                             "rebuild the engine with swdet export --format tensorrt")
-        try:
-            data = json.loads(sidecar.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SwdetError(f"{sidecar}: unreadable engine sidecar ({type(e).__name__}); rebuild the engine") from None
-        meta, info = split_sidecar(data, str(sidecar))
-        trt = import_tensorrt()
+        meta, info = split_sidecar(read_engine_sidecar(p), str(sidecar_path(p)))
+        trt = import_tensorrt("running engines")
         import torch
 
         if str(device).lower() in ("cpu",):
@@ -118,7 +48,8 @@ class TensorRTRuntime(Runtime):
             raise SwdetError(f"{p}: TensorRT engines need a CUDA GPU, none is available")
         dev = torch.device("cuda" if str(device).lower() in ("auto", "cuda") else device)
         major, minor = torch.cuda.get_device_capability(dev)
-        check_sidecar(info, str(sidecar), trt.__version__, torch.cuda.get_device_name(dev), f"{major}.{minor}")
+        check_engine_compat(info, src, tensorrt_version=trt.__version__, gpu=torch.cuda.get_device_name(dev),
+                            compute_capability=f"{major}.{minor}")
         super().__init__(meta, src)
         check_score_threshold(meta, score_threshold, src)
         self.precision = str(info.get("precision") or (meta.get("export") or {}).get("precision", "fp32"))

@@ -53,11 +53,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms, roi_align
 
-from swdet.boxes import BoxCoder, clip_boxes
+from swdet.boxes import BoxCoder, batched_box_iou, clip_boxes
 from swdet.models.anchors import generate_anchors, num_anchors_per_cell
 from swdet.models.backbone import build_backbone
 from swdet.models.postprocess import nms_and_pad
-from swdet.models.retinanet import Normalize
+from swdet.models.retinanet import Normalize, prior_bias
 
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -124,7 +124,7 @@ def cluster_nms_keep(boxes: Tensor, valid: Tensor, iou_threshold: float, iters: 
     ``keep [B, K]``. ``iters`` is rounded up to an even number (the even iterates are supersets
     of the greedy result, equal to it once converged). No host synchronization.
     """
-    iou = _batched_iou(boxes)
+    iou = batched_box_iou(boxes, boxes)
     k = boxes.shape[1]
     upper = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu(1)  # i < j
     s = ((iou > iou_threshold) & upper & valid[:, :, None]).to(boxes.dtype)  # s[b, i, j]: i may suppress j
@@ -133,15 +133,6 @@ def cluster_nms_keep(boxes: Tensor, valid: Tensor, iou_threshold: float, iters: 
         suppressed = torch.einsum("bi,bij->bj", keep.to(boxes.dtype), s) > 0
         keep = valid & ~suppressed
     return keep
-
-
-def _batched_iou(boxes: Tensor) -> Tensor:
-    """Pairwise IoU within each row: ``[B, K, 4] -> [B, K, K]``."""
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
-    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-9)
 
 
 def decode_level_candidates(logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor], pre_nms_topk: int,
@@ -258,8 +249,8 @@ class RPNHead(nn.Module):
 
     @torch.no_grad()
     def set_prior(self, prior_prob: float) -> None:
-        """Objectness bias ``-log((1 - π)/π)`` so every sigmoid starts at ``π``."""
-        self.cls_logits.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
+        """Objectness bias ``-log((1 - π)/π)`` so every sigmoid starts at ``π`` (:func:`prior_bias`)."""
+        self.cls_logits.bias.fill_(prior_bias(prior_prob))
 
     def _flatten(self, x: Tensor, k: int) -> Tensor:
         b, _, h, w = x.shape

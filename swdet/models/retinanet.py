@@ -21,6 +21,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def prior_bias(prior):
+    """Bias of a sigmoid classifier whose every output starts at probability ``π`` (focal loss
+    Sec. 4.1 "Initialization"; Sampling-Free Eq. 10 with its optimal ``π``):
+
+    ``b = -log((1 - π) / π) = log π - log(1 - π)``
+
+    The one place this is computed: the heads' ``set_prior`` and
+    :func:`swdet.train.weighting.optimal_bias` call it. ``prior`` is a number in (0, 1) (returns
+    a float) or a tensor (returns a tensor, no host synchronization).
+    """
+    if isinstance(prior, Tensor):
+        return torch.log(prior) - torch.log1p(-prior)
+    return math.log(prior) - math.log1p(-prior)
+
+
 class Normalize(nn.Module):
     """``(x - 255·mean) / (255·std)`` on 0-255 RGB input (uint8 input is cast to float)."""
 
@@ -73,9 +88,9 @@ class RetinaNetHead(nn.Module):
 
     @torch.no_grad()
     def set_prior(self, prior_prob: float) -> None:
-        """Set the classification bias so every sigmoid starts at ``prior_prob`` (Eq. 10 of
-        Sampling-Free; the focal-loss paper's π)."""
-        self.cls_logits.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
+        """Set the classification bias so every sigmoid starts at ``prior_prob``:
+        ``b = -log((1 - π)/π)`` (:func:`prior_bias`; Eq. 10 of Sampling-Free, the focal-loss π)."""
+        self.cls_logits.bias.fill_(prior_bias(prior_prob))
 
     def _flatten(self, x: Tensor, k: int) -> Tensor:
         b, _, h, w = x.shape
