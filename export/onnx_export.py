@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import inspect
 import io
 import math
@@ -60,9 +61,7 @@ from swdet.export.onnx_postprocess import (
     GraphBuilder,
     LevelSpec,
     build_candidates,
-    build_efficient_nms,
-    build_onnx_nms,
-    efficient_nms_value_infos,
+    build_nms,
     output_value_infos,
 )
 from swdet.onnx_meta import METADATA_KEY, read_onnx_metadata, set_onnx_metadata  # noqa: F401 - re-exported
@@ -227,6 +226,9 @@ def export_network(model: nn.Module, settings: ExportSettings, names: list[str],
     for which in order:
         if which == "dynamo" and "dynamo" not in inspect.signature(torch.onnx.export).parameters:
             failures.append("dynamo: not in this torch")
+            continue
+        if which == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+            failures.append("dynamo: needs the onnxscript package (pip install onnxscript)")
             continue
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -421,15 +423,9 @@ def build_onnx(model: nn.Module, meta: dict, settings: ExportSettings, exporter:
                                               box_weights=RETINANET_BOX_WEIGHTS, box_clip=BBOX_XFORM_CLIP)
     num_candidates = sum(s.topk for s in specs)
     batch = BATCH_DIM if settings.batch == "dynamic" else settings.batch
-    extra_vi = []
-    if settings.nms == "onnx":
-        build_onnx_nms(g, boxes, scores, classes, num_candidates=num_candidates, num_classes=cfg.num_classes,
-                       score_threshold=settings.score_threshold, nms_iou=settings.nms_iou, max_det=settings.max_det)
-    else:
-        raw = build_efficient_nms(g, boxes, scores, classes, num_classes=cfg.num_classes,
-                                  score_threshold=settings.score_threshold, nms_iou=settings.nms_iou,
-                                  max_det=settings.max_det)
-        extra_vi = efficient_nms_value_infos(raw, batch, settings.max_det)
+    extra_vi = build_nms(g, boxes, scores, classes, nms=settings.nms, num_candidates=num_candidates,
+                         num_classes=cfg.num_classes, score_threshold=settings.score_threshold,
+                         nms_iou=settings.nms_iou, max_det=settings.max_det, batch=batch)
 
     graph = proto.graph
     del graph.output[:]

@@ -249,6 +249,20 @@ def build_efficient_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, 
     return num_raw, boxes_raw, scores_raw, classes_raw
 
 
+def build_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, nms: str, num_candidates: int,
+              num_classes: int, score_threshold: float, nms_iou: float, max_det: int,
+              batch: int | str) -> list[onnx.ValueInfoProto]:
+    """The contract outputs from candidates with ``nms`` ``"onnx"`` (:func:`build_onnx_nms`) or
+    ``"efficient"`` (:func:`build_efficient_nms`); returns the value infos the graph must declare
+    for the plugin's outputs (none for ``"onnx"``)."""
+    common = {"num_classes": num_classes, "score_threshold": score_threshold, "nms_iou": nms_iou, "max_det": max_det}
+    if nms == "onnx":
+        build_onnx_nms(g, boxes, scores, classes, num_candidates=num_candidates, **common)
+        return []
+    raw = build_efficient_nms(g, boxes, scores, classes, **common)
+    return efficient_nms_value_infos(raw, batch, max_det)
+
+
 def output_value_infos(batch: int | str, max_det: int) -> list[onnx.ValueInfoProto]:
     """The contract outputs (DESIGN.md, "ONNX contract")."""
     return [

@@ -50,9 +50,7 @@ from swdet.export.onnx_postprocess import (
     TRT_DOMAIN,
     GraphBuilder,
     anchor_constants,
-    build_efficient_nms,
-    build_onnx_nms,
-    efficient_nms_value_infos,
+    build_nms,
     output_value_infos,
 )
 from torch import nn
@@ -328,15 +326,9 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
                                                  num_classes=cfg.num_classes, imgsz=settings.imgsz,
                                                  pre_nms_topk=settings.pre_nms_topk)
     batch = BATCH_DIM if dynamic else settings.batch
-    extra_vi = []
-    if settings.nms == "onnx":
-        build_onnx_nms(g2, boxes, scores, classes, num_candidates=k, num_classes=cfg.num_classes,
-                       score_threshold=settings.score_threshold, nms_iou=settings.nms_iou, max_det=settings.max_det)
-    else:
-        raw = build_efficient_nms(g2, boxes, scores, classes, num_classes=cfg.num_classes,
-                                  score_threshold=settings.score_threshold, nms_iou=settings.nms_iou,
-                                  max_det=settings.max_det)
-        extra_vi = efficient_nms_value_infos(raw, batch, settings.max_det)
+    extra_vi = build_nms(g2, boxes, scores, classes, nms=settings.nms, num_candidates=k,
+                         num_classes=cfg.num_classes, score_threshold=settings.score_threshold,
+                         nms_iou=settings.nms_iou, max_det=settings.max_det, batch=batch)
 
     graph = proto.graph
     del graph.output[:]

@@ -46,6 +46,7 @@ class ModelConfig:
     frozen_stages: int = 1  # ResNet stages frozen when pretrained (stem + layer1, as in the papers)
     backbone_norm: str = "bn"  # bn | frozen_bn
     backbone_width: int = 32  # width of the first stage of the tiny backbone
+    backbone_blocks: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # tiny: blocks per stage
     fpn_channels: int = 256
     head_channels: int = 256
     head_convs: int = 4
@@ -90,6 +91,7 @@ class TrainConfig:
     iters: int = 0  # total iterations; 0 = derive from epochs
     epochs: int = 0
     batch_size: int = 8  # global batch (split over DDP ranks)
+    optimizer: str = "sgd"  # sgd (the papers') | adamw (momentum is then beta1)
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -491,6 +493,10 @@ def validate(cfg: Config, source: str = "config") -> None:
         (t.epochs >= 0, "train.epochs", "non-negative"),
         (t.batch_size >= 1, "train.batch_size", "at least 1"),
         (t.lr > 0, "train.lr", "positive"),
+        (t.optimizer in ("sgd", "adamw"), "train.optimizer", "sgd or adamw"),
+        (0 <= t.momentum < 1, "train.momentum", "in [0, 1)"),
+        (len(m.backbone_blocks) == 4 and min(m.backbone_blocks) >= 1, "model.backbone_blocks",
+         "four block counts, each at least 1"),
         (t.schedule in ("step", "cosine"), "train.schedule", "step or cosine"),
         (t.amp in ("auto", "none", "bf16", "fp16"), "train.amp", "auto, none, bf16 or fp16"),
         (t.ckpt_every >= 0, "train.ckpt_every", "non-negative"),

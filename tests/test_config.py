@@ -35,6 +35,8 @@ def test_yaml_and_overrides(tmp_path):
         ("train: [1, 2\n", "invalid YAML"),
         ("- a\n- b\n", "mapping at the top level"),
         ("train: {amp: fp8}\n", "train.amp"),
+        ("train: {optimizer: adam}\n", "train.optimizer must be sgd or adamw"),
+        ("model: {backbone_blocks: [1, 0, 1, 1]}\n", "model.backbone_blocks"),
     ],
 )
 def test_bad_config_is_one_line(tmp_path, text, needle):

@@ -232,6 +232,7 @@ def test_auto_threshold_is_model_json_theta(tmp_path):
 def test_dynamo_exporter_path(artifact, tmp_path):
     if not hasattr(torch.onnx, "export") or "dynamo" not in torch.onnx.export.__code__.co_varnames:
         pytest.skip("this torch has no dynamo ONNX exporter")
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
     path = export_onnx(artifact, tmp_path / "dynamo.onnx", exporter="dynamo")
     assert read_onnx_metadata(path)["export"]["exporter"] == "dynamo"
     x = images(2, seed=4)

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import TINY_TRAIN
 from swdet.cli import main
@@ -148,6 +149,19 @@ def test_bad_dataset_paths_are_one_line(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path / "d"), "--iters", "2", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc != 0 and "instances_train.json" in err and "Traceback" not in err
+
+
+def test_adamw_and_deeper_tiny_backbone_train(synth_data, tmp_path):
+    out = tmp_path / "adamw"
+    rc = main(["train", "--data", str(synth_data), "--iters", "3", "--out", str(out), *TINY_TRAIN,
+               "--set", "train.optimizer=adamw", "--set", "train.lr=0.002", "--set", "model.backbone_blocks=[1,1,2,2]"])
+    assert rc == 0
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    opt = state["optimizer"]
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(opt["state"].values())))
+    assert [g["weight_decay"] for g in opt["param_groups"]][1] == 0.0  # no decay on norms and biases
+    names = load_file(out / "model.safetensors").keys()
+    assert any(n.startswith("backbone.layer4.1.") for n in names)  # the second C5 block is in the artifact
 
 
 def test_existing_run_needs_resume_or_overwrite(tiny_run, synth_data, capsys):

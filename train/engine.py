@@ -321,9 +321,18 @@ class Trainer:
 
         fused = self.device.type == "cuda"
         params = [p for p in detector.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                         weight_decay=cfg.train.weight_decay, **({"fused": True} if fused else {}))
-        if fused:
+        if cfg.train.optimizer == "adamw":
+            # No weight decay on norm scales/shifts and biases (1-d parameters), as is usual for AdamW.
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]
+            self.optimizer = torch.optim.AdamW(
+                [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr,
+                betas=(cfg.train.momentum, 0.999), weight_decay=cfg.train.weight_decay,
+                **({"fused": True} if fused else {}))
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                             weight_decay=cfg.train.weight_decay, **({"fused": True} if fused else {}))
+        if fused and cfg.train.optimizer == "sgd":
             # Fused SGD skips a step on device when found_inf is set; if the very first step were
             # skipped its momentum buffers would stay uninitialized, so start them at zero (the
             # same update: with no dampening the first step sets buf = grad = 0·m + grad).

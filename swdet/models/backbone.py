@@ -107,16 +107,22 @@ class TinyBlock(nn.Module):
 
 
 class TinyBackbone(nn.Module):
-    """Stem (stride 4) and three stride-2 stages of widths ``w, 2w, 4w, 8w``; returns C3..C5."""
+    """Stem (stride 4), then four stages of widths ``w, 2w, 4w, 8w`` (the last three stride 2)
+    with ``blocks[i]`` basic blocks each; returns C3..C5."""
 
-    def __init__(self, width: int = 24):
+    def __init__(self, width: int = 24, blocks: tuple[int, ...] | list[int] = (1, 1, 1, 1)):
         super().__init__()
         w = width
         self.stem = nn.Sequential(_conv_bn(3, w // 2, 2), _conv_bn(w // 2, w, 2))
-        self.layer1 = TinyBlock(w, w, 1)
-        self.layer2 = TinyBlock(w, 2 * w, 2)
-        self.layer3 = TinyBlock(2 * w, 4 * w, 2)
-        self.layer4 = TinyBlock(4 * w, 8 * w, 2)
+
+        def stage(cin: int, cout: int, stride: int, n: int) -> nn.Module:
+            first = TinyBlock(cin, cout, stride)
+            return first if n == 1 else nn.Sequential(first, *[TinyBlock(cout, cout, 1) for _ in range(n - 1)])
+
+        self.layer1 = stage(w, w, 1, blocks[0])
+        self.layer2 = stage(w, 2 * w, 2, blocks[1])
+        self.layer3 = stage(2 * w, 4 * w, 2, blocks[2])
+        self.layer4 = stage(4 * w, 8 * w, 2, blocks[3])
         self.out_channels = [2 * w, 4 * w, 8 * w]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -131,5 +137,5 @@ class TinyBackbone(nn.Module):
 
 def build_backbone(cfg) -> nn.Module:
     if cfg.backbone == "tiny":
-        return TinyBackbone(cfg.backbone_width)
+        return TinyBackbone(cfg.backbone_width, cfg.backbone_blocks)
     return ResNetBackbone(cfg.backbone, cfg.pretrained, cfg.frozen_stages, cfg.backbone_norm)
