@@ -251,7 +251,7 @@ def retinanet_tiny() -> ModelConfig:
     return ModelConfig(
         name="retinanet_tiny", backbone="tiny", pretrained="none", backbone_norm="bn",
         backbone_width=24, fpn_channels=64, head_channels=64, head_convs=2, head_norm="gn",
-        imgsz=320, min_level=3, max_level=6,
+        imgsz=320, min_level=3, max_level=6, anchor_size=3.0,  # smallest anchor 24 px at 320 px input
     )
 
 

@@ -25,9 +25,19 @@ from swdet.errors import SwdetError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# The embedded default's training recipe lives in configs/retinanet_tiny.yaml; these are the same
-# values so the pipeline runs from an installed wheel too (a test checks they agree).
-DEFAULT_TRAIN = {"model": "retinanet_tiny", "iters": 3000, "batch_size": 8}
+# The embedded default's training recipe: the values of configs/retinanet_tiny.yaml, repeated here
+# so the pipeline runs the same from an installed wheel (a test checks they agree).
+TINY_RECIPE: tuple[str, ...] = (
+    "model=retinanet_tiny",
+    "train.iters=1300",
+    "train.batch_size=8",
+    "train.optimizer=adamw",
+    "train.lr=0.008",
+    "train.weight_decay=0.05",
+    "train.schedule=cosine",
+    "train.warmup_iters=200",
+    "train.grad_clip=10.0",
+)
 
 
 def _stage(name: str) -> None:
@@ -68,15 +78,10 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
         write_synthetic_dataset(data, n_train=n_train, n_val=n_val, seed=seed, workers=workers)
 
     def config_for(m: str, n_iters: int | None):
-        repo_cfg = Path(__file__).resolve().parents[1] / "configs" / "retinanet_tiny.yaml"
-        sets = [f"data.root={data}", f"loss.method={m}", f"data.workers={workers}"]
+        sets = [*TINY_RECIPE, f"data.root={data}", f"loss.method={m}", f"data.workers={workers}"]
         if n_iters is not None:
             sets.append(f"train.iters={n_iters}")
-        return load_config(repo_cfg if repo_cfg.is_file() else None,
-                           sets if repo_cfg.is_file() else [f"model={DEFAULT_TRAIN['model']}",
-                                                            f"train.batch_size={DEFAULT_TRAIN['batch_size']}",
-                                                            f"train.iters={n_iters or DEFAULT_TRAIN['iters']}",
-                                                            *sets])
+        return load_config(None, sets)
 
     runs = {}
     for tag, m, n_iters in (("baseline", method, iters), ("candidate", candidate, candidate_iters)):

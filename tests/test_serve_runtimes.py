@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,52 @@ print("BAD", bad)
             s = line.strip()
             if s.startswith(("import ", "from ")):
                 assert "swdet.train" not in s and "swdet.export" not in s, f"{f}: {s}"
+
+
+COCO128_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "val2017"
+
+
+def _match_fraction(ref: dict, out: dict, iou_min: float = 0.95, score_tol: float = 0.01) -> tuple[int, int]:
+    """``(matched, total)``: torch detections with an ONNX Runtime detection of the same class,
+    box IoU >= ``iou_min`` and score within ``score_tol`` (greedy, one to one, per image)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    matched = total = 0
+    for b, n in enumerate(ref["num_dets"].ravel()):
+        m = int(out["num_dets"].ravel()[b])
+        total += int(n)
+        if n == 0 or m == 0:
+            continue
+        iou = box_iou(torch.from_numpy(ref["det_boxes"][b, :n]), torch.from_numpy(out["det_boxes"][b, :m])).numpy()
+        ok = ((ref["det_classes"][b, :n, None] == out["det_classes"][b, None, :m])
+              & (np.abs(ref["det_scores"][b, :n, None] - out["det_scores"][b, None, :m]) <= score_tol)
+              & (iou >= iou_min))
+        used = np.zeros(m, dtype=bool)
+        for i in range(int(n)):
+            cand = np.flatnonzero(ok[i] & ~used)
+            if cand.size:
+                used[cand[np.argmax(iou[i, cand])]] = True
+                matched += 1
+    return matched, total
+
+
+@pytest.mark.skipif(not COCO128_VAL.is_dir(), reason="../shared/data/coco128 not present")
+def test_onnxruntime_matches_torch_on_real_photos(tmp_path):
+    """DESIGN.md, deploy acceptance: on the coco128 val photos >= 99 % of the PyTorch detections
+    are matched by ONNX Runtime (same class, IoU >= 0.95, score within 0.01), through the host
+    decode + letterbox every runtime shares, with the dynamic batch at 8 and a ragged last batch."""
+    from swdet.data.image import load_image
+    from swdet.inference import letterbox_batch
+
+    art = make_artifact(tmp_path / "run", imgsz=320)
+    onnx_path = export_onnx(art, tmp_path / "m.onnx", score_threshold=THR)
+    rt_torch, rt_ort = load_runtime(art, device="cpu"), load_runtime(onnx_path)
+    files = sorted(COCO128_VAL.glob("*.jpg"))[:60]  # 7 batches of 8 and one of 4
+    matched = total = 0
+    for i in range(0, len(files), 8):
+        x, _ = letterbox_batch([load_image(f) for f in files[i:i + 8]], rt_torch.imgsz)
+        m, t = _match_fraction(rt_torch.infer(x), rt_ort.infer(x))
+        matched, total = matched + m, total + t
+    assert total > 500  # real detections on every batch, not an empty comparison
+    assert matched / total >= 0.99, f"{matched}/{total} torch detections matched by ONNX Runtime"

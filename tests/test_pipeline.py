@@ -1,0 +1,23 @@
+"""``swdet pipeline``: every stage on a small embedded default, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from swdet.cli import main
+
+
+def test_pipeline_runs_every_stage(tmp_path, capsys):
+    out = tmp_path / "pipe"
+    rc = main(["pipeline", "--out", str(out), "--iters", "3", "--candidate-iters", "2", "--train-images", "8",
+               "--val-images", "4", "--workers", "0", "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["verify_ok"] is True  # focal and swn exports cost the same
+    assert [r["runtime"] for r in summary["stages"]["runtimes"]] == ["torch", "onnxruntime", "onnxruntime-int8"]
+    for r in summary["stages"]["runtimes"]:
+        assert 0.0 <= r["AP"] <= 1.0 and r["latency_b1_ms"] > 0 and r["throughput_b8_ips"] > 0
+    assert summary["stages"]["train_baseline"]["iters"] == 3
+    for f in ("model.onnx", "model.int8.onnx", "swn.onnx", "runs/focal/model.safetensors", "runs/swn/model.json"):
+        assert (out / f).is_file(), f
+    assert "same test-time cost" in capsys.readouterr().out
