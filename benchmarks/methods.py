@@ -191,12 +191,14 @@ def main() -> None:
     if extra_rows and not args.skip_accuracy:
         rows.append(nobias_row(args))
     title = (f"methods on the embedded default ({args.arch}, {args.iters} iters, {device}, "
-             f"step ratio vs {base} measured round-robin in one run)")
+             f"step ratio vs {base} measured round-robin in one run"
+             + (f"; overrides: {' '.join(args.sets)}" if args.sets else "") + ")")
     table = format_table(rows, title=title)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"methods_{args.arch}"
     stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "iters": args.iters, "device": device,
+                                                     "sets": args.sets, "command": " ".join(sys.argv),
                                                      "torch": torch.__version__, "step_ms": step}, indent=2))
     stem.with_suffix(".md").write_text("```\n" + table + "\n```\n")
 

@@ -3,7 +3,7 @@ quantized (Q/DQ) ONNX model that TensorRT builds as a strongly typed INT8 engine
 
 Public API (imported lazily so ``import swdet.calib`` -- and ``swdet --help`` -- stay fast)::
 
-    calibrate(model_path, images, out, *, num_images=128, method="entropy", percentile=99.99,
+    calibrate(model_path, images, out, *, num_images=128, method="percentile", percentile=99.99,
               per_channel=True, exclude=(), cache=None, use_cache=True, report=False,
               report_images=4, batch_size=4, seed=0, verify=True, progress=False, log=None)
         -> CalibResult

@@ -17,7 +17,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The INT8 Q/DQ .onnx to write.")
 @click.option("--num-images", default=128, show_default=True, type=int,
               help="Calibration images, drawn in a seeded random order (unreadable ones are skipped).")
-@click.option("--method", type=click.Choice(["entropy", "percentile", "minmax"]), default="entropy",
+@click.option("--method", type=click.Choice(["entropy", "percentile", "minmax"]), default="percentile",
               show_default=True, help="How activation ranges are chosen from the statistics.")
 @click.option("--percentile", default=99.99, show_default=True, type=float,
               help="For --method percentile: the percentile of |x| used as the range.")
@@ -50,7 +50,7 @@ def calib(model, images, out, num_images, method, percentile, per_channel, exclu
     \b
     Examples:
       swdet calib pisa.onnx --images coco/val2017 --out pisa.int8.onnx
-      swdet calib pisa.onnx --images coco/val2017 --out pisa.int8.onnx --method percentile --percentile 99.99
+      swdet calib pisa.onnx --images coco/val2017 --out pisa.int8.onnx --method entropy
       swdet calib pisa.onnx --images coco/val2017 --out pisa.int8.onnx --report
       swdet calib pisa.onnx --images coco/val2017 --out pisa.int8.onnx --exclude '*/head/cls_subnet.0*'
       swdet export pisa.int8.onnx --format tensorrt --out pisa.int8.engine

@@ -111,7 +111,7 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
     if calibrate is not None:
         _stage("calib int8")
         onnx_int8 = out / "model.int8.onnx"
-        calibrate(onnx_fp32, data / "train", onnx_int8, num_images=calib_images, method="entropy",
+        calibrate(onnx_fp32, data / "train", onnx_int8, num_images=calib_images, method="percentile",
                   progress=progress)
         models.append(("onnxruntime-int8", onnx_int8, _size_mb(onnx_int8)))
 
