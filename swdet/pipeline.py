@@ -162,7 +162,7 @@ def pipeline(out, iters, candidate_iters, method, candidate, train_images, val_i
 
     \b
     Examples:
-      swdet pipeline                       # about 15 minutes on 2 CPU cores
+      swdet pipeline                       # about 13 minutes on 2 CPU cores
       swdet pipeline --iters 200 --train-images 200 --val-images 50 --out /tmp/quick
     """
     from swdet.table import format_table
