@@ -427,23 +427,33 @@ def build_onnx(model: nn.Module, meta: dict, settings: ExportSettings, exporter:
                          num_classes=cfg.num_classes, score_threshold=settings.score_threshold,
                          nms_iou=settings.nms_iou, max_det=settings.max_det, batch=batch)
 
+    return finish_graph(proto, [(g.nodes, g.initializers)], meta, settings, batch, extra_vi,
+                        doc="swdet detector: images [B,3,S,S] RGB 0-255 -> num_dets, det_boxes, det_scores, "
+                            "det_classes")
+
+
+def finish_graph(proto: onnx.ModelProto, parts, meta: dict, settings: ExportSettings, batch: int | str,
+                 extra_value_info, doc: str) -> onnx.ModelProto:
+    """Append the post-processing ``parts`` (``(nodes, initializers)`` pairs, in order) to the
+    exported network, declare the contract outputs, name and tidy the graph, stamp producer and
+    metadata, then check it (the last step of every exporter)."""
+    from swdet import __version__
+
     graph = proto.graph
     del graph.output[:]
-    graph.node.extend(g.nodes)
-    graph.initializer.extend(g.initializers)
+    for nodes, initializers in parts:
+        graph.node.extend(nodes)
+        graph.initializer.extend(initializers)
     graph.output.extend(output_value_infos(batch, settings.max_det))
     graph.name = "swdet_" + str(meta["model"].get("name", "detector"))
     if settings.nms == "efficient" and not any(o.domain == TRT_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(TRT_DOMAIN, 1))
     proto = tidy_graph(proto)
     proto.producer_name = "swdet"
-    from swdet import __version__
-
     proto.producer_version = __version__
-    proto.doc_string = "swdet detector: images [B,3,S,S] RGB 0-255 -> num_dets, det_boxes, det_scores, det_classes"
+    proto.doc_string = doc
     set_onnx_metadata(proto, export_metadata(meta, settings))
-    proto = check_and_infer(proto, extra_value_info=extra_vi)
-    return proto
+    return check_and_infer(proto, extra_value_info=extra_value_info)
 
 
 def check_and_infer(proto: onnx.ModelProto, extra_value_info=()) -> onnx.ModelProto:

@@ -45,13 +45,11 @@ import warnings
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 from swdet.export.onnx_postprocess import (
-    TRT_DOMAIN,
     GraphBuilder,
     anchor_constants,
     build_nms,
-    output_value_infos,
 )
 from torch import nn
 
@@ -277,17 +275,14 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
     from swdet.export.onnx_export import (
         BATCH_DIM,
         _maybe_onnxsim,
-        check_and_infer,
-        export_metadata,
+        finish_graph,
         static_reshapes,
         tidy_graph,
     )
 
-    from swdet import __version__
     from swdet.artifact import model_config_from_meta
     from swdet.models.anchors import generate_anchors
     from swdet.models.faster_rcnn import roi_levels
-    from swdet.onnx_meta import set_onnx_metadata
 
     if settings.opset < MIN_RCNN_OPSET:
         raise SwdetError(f"--opset {settings.opset}: Faster R-CNN needs opset {MIN_RCNN_OPSET}+ (RoiAlign with "
@@ -330,22 +325,8 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
                          num_classes=cfg.num_classes, score_threshold=settings.score_threshold,
                          nms_iou=settings.nms_iou, max_det=settings.max_det, batch=batch)
 
-    graph = proto.graph
-    del graph.output[:]
-    graph.node.extend(g1.nodes)
-    graph.initializer.extend(g1.initializers)
-    graph.node.extend(box_proto.graph.node)
-    graph.initializer.extend(box_proto.graph.initializer)
-    graph.node.extend(g2.nodes)
-    graph.initializer.extend(g2.initializers)
-    graph.output.extend(output_value_infos(batch, settings.max_det))
-    graph.name = "swdet_" + str(meta["model"].get("name", "detector"))
-    if settings.nms == "efficient" and not any(o.domain == TRT_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(TRT_DOMAIN, 1))
-    proto = tidy_graph(proto)
-    proto.producer_name = "swdet"
-    proto.producer_version = __version__
-    proto.doc_string = ("swdet detector (Faster R-CNN): images [B,3,S,S] RGB 0-255 -> num_dets, det_boxes, "
-                        "det_scores, det_classes")
-    set_onnx_metadata(proto, export_metadata(meta, settings))
-    return check_and_infer(proto, extra_value_info=extra_vi)
+    parts = [(g1.nodes, g1.initializers), (box_proto.graph.node, box_proto.graph.initializer),
+             (g2.nodes, g2.initializers)]
+    return finish_graph(proto, parts, meta, settings, batch, extra_vi,
+                        doc="swdet detector (Faster R-CNN): images [B,3,S,S] RGB 0-255 -> num_dets, det_boxes, "
+                            "det_scores, det_classes")

@@ -73,6 +73,14 @@ def max_iou_match(iou: Tensor, fg_iou: float, bg_iou: float, allow_low_quality: 
     return matched, best_iou
 
 
+def concat_gts(targets: list[dict]) -> tuple[Tensor, Tensor, Tensor]:
+    """Every GT of a batch (host side): ``(boxes [G, 4] float, labels [G] long, image index [G])``."""
+    boxes = torch.cat([t["boxes"].float().reshape(-1, 4) for t in targets])
+    labels = torch.cat([t["labels"].long().reshape(-1) for t in targets])
+    image = torch.cat([torch.full((len(t["boxes"]),), i, dtype=torch.long) for i, t in enumerate(targets)])
+    return boxes, labels, image
+
+
 class TargetAssigner:
     """Callable used in ``collate``: ``(images, targets) -> (images, targets, Assignment)``.
 
@@ -118,9 +126,7 @@ class TargetAssigner:
             pos_gt.append(matched[idx] + gt_offset)
             ious.append(iou[idx])
             gt_offset += len(boxes)
-        gt_all = torch.cat([t["boxes"].float().reshape(-1, 4) for t in targets])
-        gt_lab = torch.cat([t["labels"].long().reshape(-1) for t in targets])
-        gt_img = torch.cat([torch.full((len(t["boxes"]),), i, dtype=torch.long) for i, t in enumerate(targets)])
+        gt_all, gt_lab, gt_img = concat_gts(targets)
         pos_idx_t = torch.cat(pos_idx)
         pos_gt_t = torch.cat(pos_gt)
         anchors = self.anchors[pos_idx_t % a]

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from swdet.train import losses as L
-from swdet.train.assign import IGNORE, NEGATIVE, Assignment, TargetAssigner
+from swdet.train.assign import IGNORE, NEGATIVE, Assignment, TargetAssigner, concat_gts
 from swdet.train.criterion import ClassificationLoss, WeightedLoss, build_record
 from swdet.train.diagnostics import Diagnostics
 from swdet.train.methods.base import SampleRecord
@@ -143,9 +143,7 @@ class RPNAssigner:
             pos_gt.append(matched[idx] + gt_offset)
             ious.append(iou[idx])
             gt_offset += len(boxes)
-        gt_all = torch.cat([t["boxes"].float().reshape(-1, 4) for t in targets])
-        gt_img = torch.cat([torch.full((len(t["boxes"]),), i, dtype=torch.long) for i, t in enumerate(targets)])
-        gt_lab = torch.cat([t["labels"].long().reshape(-1) for t in targets])
+        gt_all, gt_lab, gt_img = concat_gts(targets)
         pos_idx_t, pos_gt_t = torch.cat(pos_idx), torch.cat(pos_gt)
         gt_boxes = gt_all[pos_gt_t]
         rpn = Assignment(labels=torch.stack(labels), pos_idx=pos_idx_t, pos_gt=pos_gt_t,

@@ -26,6 +26,7 @@ into account.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -124,13 +125,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode(opener, name: str) -> Image.Image:
+@contextlib.contextmanager
+def _decode_errors(name: str):
+    """Any failure while opening or decoding ``name`` -> one :class:`ImageDecodeError` line."""
     try:
-        with opener() as fp:
-            img = Image.open(fp)
-            img.load()  # decode everything now: truncation and bad data surface here
-            img = _apply_exif(img)  # may read EXIF from the file (TIFF): before it closes
-        out = to_rgb(img)
+        yield
     except ImageDecodeError:
         raise
     except FileNotFoundError:
@@ -141,6 +140,15 @@ def _decode(opener, name: str) -> Image.Image:
         raise ImageDecodeError(name, "permission denied") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise ImageDecodeError(name, _describe(exc)) from None
+
+
+def _decode(opener, name: str) -> Image.Image:
+    with _decode_errors(name):
+        with opener() as fp:
+            img = Image.open(fp)
+            img.load()  # decode everything now: truncation and bad data surface here
+            img = _apply_exif(img)  # may read EXIF from the file (TIFF): before it closes
+        out = to_rgb(img)
     if out.width < 1 or out.height < 1:
         raise ImageDecodeError(name, f"empty image ({out.width}x{out.height})")
     return out
@@ -173,21 +181,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     :class:`ImageDecodeError` when the file is missing or its header is unreadable.
     """
     name = os.fspath(path)
-    try:
-        with Image.open(Path(name)) as img:
-            w, h = img.size
-            try:
-                orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-            except Exception:
-                orientation = 1
-    except FileNotFoundError:
-        raise ImageDecodeError(name, "file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(name, "is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError(name, "permission denied") from None
-    except Exception as exc:
-        raise ImageDecodeError(name, _describe(exc)) from None
+    with _decode_errors(name), Image.open(Path(name)) as img:
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        except Exception:
+            orientation = 1
     if orientation in _SWAPPING_ORIENTATIONS:
         w, h = h, w
     return int(w), int(h)
