@@ -6,7 +6,8 @@ the baked threshold, then measures on the same data:
 
 - **AP** of each graph on ``--ann`` / ``--images`` (COCO, fractions in [0, 1]) and the mean
   number of detections per image;
-- **end-to-end latency**: ``infer`` of the full graph on one letterboxed batch of real images;
+- **end-to-end latency**: ``infer`` of the full graph on letterboxed batches of real images
+  (the first ``--latency-images`` in batches of ``--batch-size``; ms per batch);
 - **post-processing latency**: the post-processing *subgraph* alone. Each exported graph has a
   named boundary between the network and the post-processing (``net/cls_logits_p*``,
   ``net/bbox_deltas_p*``), so :class:`onnx.utils.Extractor` cuts it into ``network`` (images ->
@@ -103,7 +104,7 @@ def to_markdown(res: dict) -> str:
 
     lines = ["# Adaptive score threshold (Sampling-Free θ = N_f/N) at test time", "",
              f"Run `{res['run']}` (method {res['method']}, threshold source `{res['threshold_source']}`), "
-             f"{res['num_images']} evaluation images (latency on a batch of the first {res['batch_size']}), ONNX Runtime {res['host'].get('onnxruntime')} on "
+             f"{res['num_images']} evaluation images (latency: the first {res['latency_images']} in batches of {res['batch_size']}, ms per batch), ONNX Runtime {res['host'].get('onnxruntime')} on "
              f"{res['host'].get('cpu')} ({res['threads'] or 'default'} threads), batch {res['batch_size']}, "
              f"{res['rounds']} rounds x {res['iters']} calls, round-robin. Post-processing = the extracted "
              "subgraph after `net/*` fed the real head outputs (see the script's docstring).", ""]
@@ -115,6 +116,11 @@ def to_markdown(res: dict) -> str:
                      f"{p['median_ms']:.3f} ({p['round_min_ms']:.3f}-{p['round_max_ms']:.3f})"])
     lines.append(format_table(rows, ["θ", "value", "AP", "dets/img", "end-to-end ms", "network ms",
                                      "post-processing ms (round range)"], markdown=True))
+    g = res.get("goal")
+    if g:
+        lines += ["", f"Goal (θ = N_f/N vs θ = 0): AP within 0.1 point: {g['ap_diff_points']:+.2f} points, "
+                      f"{'met' if g['ap_met'] else 'NOT met'}; post-processing >= 1.5x faster: "
+                      f"{g['post_speedup']:.2f}x (round-median ratio), {'met' if g['speed_met'] else 'NOT met'}."]
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ann", required=True, type=Path)
     ap.add_argument("--images", required=True, type=Path)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--latency-images", type=int, default=8,
+                    help="latency: the first N images in batches of --batch-size, per-batch mean (default 8)")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
               "'auto' is its model.json threshold", file=sys.stderr)
     rows, fns_e2e, fns_post = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="swdet_thr_") as tmp:
-        files = list_images(args.images)[: args.batch_size]
+        files = list_images(args.images)[: max(args.batch_size, args.latency_images)]
         runtimes = {}
         for label, thr in THRESHOLDS:
             path = export_onnx(args.run, Path(tmp) / f"theta_{label}.onnx", score_threshold=thr)
@@ -154,29 +162,38 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"label": label, "theta": baked_score_threshold(rt.meta), "AP": ap_, "dets_per_image": dets,
                          "path": path})
         first = runtimes[THRESHOLDS[0][0]]
-        x = prepare_batch(files, first.imgsz, on_error="skip").images.astype(np.float32)
+        x_all = prepare_batch(files, first.imgsz, on_error="skip").images.astype(np.float32)
+        xs = [x_all[i:i + args.batch_size] for i in range(0, len(x_all) - args.batch_size + 1, args.batch_size)]
         net_bytes, _, boundary = split_graph(rows[0]["path"])
         net = session(net_bytes, args.threads)
-        head = dict(zip(boundary, net.run(boundary, {net.get_inputs()[0].name: x})))
+        in_name = net.get_inputs()[0].name
+        heads = [dict(zip(boundary, net.run(boundary, {in_name: x}))) for x in xs]
         for r in rows:
             _, post_bytes, _ = split_graph(r["path"])
             post = session(post_bytes, args.threads)
-            feeds = {i.name: head[i.name] for i in post.get_inputs()}
-            fns_post[r["label"]] = (lambda s=post, f=feeds: s.run(None, f))
-            fns_e2e[r["label"]] = (lambda rt=runtimes[r["label"]]: rt.infer(x))
-        fns_net = {"network": lambda: net.run(boundary, {net.get_inputs()[0].name: x})}
+            feeds = [{i.name: h[i.name] for i in post.get_inputs()} for h in heads]
+            fns_post[r["label"]] = (lambda s=post, fs=feeds: [s.run(None, f) for f in fs])
+            fns_e2e[r["label"]] = (lambda rt=runtimes[r["label"]]: [rt.infer(x) for x in xs])
+        fns_net = {"network": lambda: [net.run(boundary, {in_name: x}) for x in xs]}
         timed = round_robin({**{f"e2e:{k}": v for k, v in fns_e2e.items()},
                              **{f"post:{k}": v for k, v in fns_post.items()}, **fns_net},
                             args.rounds, args.iters, args.warmup)
+        timed = {n: {k: round(v / len(xs), 3) for k, v in t.items()} for n, t in timed.items()}  # per batch
     for r in rows:
         r.pop("path")
         r["end_to_end"] = timed[f"e2e:{r['label']}"]
         r["post"] = timed[f"post:{r['label']}"]
     res = {"run": str(args.run), "method": ",".join((meta.get("training") or {}).get("method", [])),
            "threshold_source": thr_info.get("source"), "threshold_info": thr_info, "num_images": n_eval,
-           "batch_size": int(x.shape[0]), "rounds": args.rounds, "iters": args.iters, "threads": args.threads,
+           "batch_size": int(xs[0].shape[0]), "latency_images": int(len(xs) * xs[0].shape[0]), "rounds": args.rounds, "iters": args.iters, "threads": args.threads,
            "host": host_info(), "network": timed["network"], "boundary": boundary, "rows": rows,
            "method_note": "post = extracted post-processing subgraph fed the real head outputs of the batch"}
+    by = {r["label"]: r for r in rows}
+    if "auto" in by and "0" in by:
+        diff = 100 * (by["auto"]["AP"] - by["0"]["AP"])
+        speed = by["0"]["post"]["median_ms"] / max(by["auto"]["post"]["median_ms"], 1e-9)
+        res["goal"] = {"ap_diff_points": round(diff, 3), "ap_met": abs(diff) <= 0.1,
+                       "post_speedup": round(speed, 3), "speed_met": speed >= 1.5}
     md = to_markdown(res)
     print(md)
     args.out.parent.mkdir(parents=True, exist_ok=True)

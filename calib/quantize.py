@@ -73,8 +73,8 @@ QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
 OP_TYPES = ["Conv", "Relu", "Add"]
 SHAPE_OPS = {"Reshape", "Transpose", "Cast", "Identity", "Flatten", "Squeeze", "Unsqueeze"}
 DEFAULT_NUM_IMAGES = 128
-# percentile, not TensorRT's entropy: on the trained retinanet_tiny entropy lost 6.4 AP points, percentile
-# 99.99 and minmax 0.2 (benchmarks/results/int8.md)
+# percentile: on the trained retinanet_tiny it lost the least AP of the three methods
+# (benchmarks/results/int8.md)
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99
 
@@ -506,8 +506,8 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
         images: a folder of calibration images (searched recursively), e.g. a COCO split's image
             folder; ``num_images`` of them in a seeded random order, unreadable ones skipped.
         out: the ``.onnx`` to write.
-        method: ``entropy`` (default, TensorRT's classic CNN calibrator), ``percentile`` or
-            ``minmax``; ``percentile`` uses ``percentile`` (of ``|x|``).
+        method: ``percentile`` (default; of ``|x|``, at ``percentile``), ``entropy``
+            (TensorRT's KL-divergence calibrator on the ``|x|`` histogram) or ``minmax``.
         per_channel: per-output-channel weight scales (default) or one per tensor.
         exclude: ``fnmatch`` patterns of node names kept float (see the ``--report`` table).
         cache: the statistics file (default ``<model>.calib.npz`` beside the input model);

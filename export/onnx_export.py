@@ -418,10 +418,12 @@ def build_onnx(model: nn.Module, meta: dict, settings: ExportSettings, exporter:
     for s, a in zip(specs, anchors):
         if a.shape[0] != s.num_anchors:
             raise RuntimeError(f"anchor count {a.shape[0]} != head outputs {s.num_anchors}")
-    g = GraphBuilder("post")
+    g = GraphBuilder("post", opset=settings.opset)
+    threshold_first = settings.score_threshold if settings.nms == "onnx" and settings.score_threshold > 0 else None
     boxes, scores, classes = build_candidates(g, specs, anchors, num_classes=cfg.num_classes, imgsz=settings.imgsz,
-                                              box_weights=RETINANET_BOX_WEIGHTS, box_clip=BBOX_XFORM_CLIP)
-    num_candidates = sum(s.topk for s in specs)
+                                              box_weights=RETINANET_BOX_WEIGHTS, box_clip=BBOX_XFORM_CLIP,
+                                              threshold_first=threshold_first)
+    num_candidates = None if threshold_first is not None else sum(s.topk for s in specs)
     batch = BATCH_DIM if settings.batch == "dynamic" else settings.batch
     extra_vi = build_nms(g, boxes, scores, classes, nms=settings.nms, num_candidates=num_candidates,
                          num_classes=cfg.num_classes, score_threshold=settings.score_threshold,

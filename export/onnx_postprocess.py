@@ -2,11 +2,20 @@
 
 The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in float32:
 
-1. per FPN level ``l`` (static ``n_l = H_l·W_l·A`` anchors, ``C`` classes):
-   ``s = sigmoid(cls_l)`` flattened to ``[B, n_l·C]`` (anchor-major, class-minor), ``TopK`` with a
-   static ``k_l = min(pre_nms_topk, n_l·C)``, ``anchor = idx div C``, ``class = idx - anchor·C``;
+1. per FPN level ``l`` (static ``n_l = H_l·W_l·A`` anchors, ``C`` classes): the logits flattened
+   to ``[B, n_l·C]`` (anchor-major, class-minor), ``TopK`` on the logits (the sigmoid is monotonic)
+   and ``s = sigmoid`` of the ``K_l`` kept only; ``anchor = idx div C``, ``class = idx - anchor·C``;
    the anchor's deltas (``GatherND``, batch_dims 1) and the anchor's centre/size (``Gather`` from
-   constants computed once from :func:`swdet.models.anchors.generate_anchors`);
+   constants computed once from :func:`swdet.models.anchors.generate_anchors`).
+   ``K_l``: with ``--nms onnx`` and a threshold ``θ > 0`` the threshold acts *before* the top-k
+   (Sampling-Free's point: an adaptive θ makes post-processing cheaper):
+   ``K_l = max(1, min(k_l, max_b #{logit > logit(θ) - 0.01}))`` with ``k_l = min(pre_nms_topk,
+   n_l·C)``, so a level where few pairs pass θ sorts, decodes and suppresses only those. Every
+   pair with ``sigmoid > θ`` is among them (the 0.01 margin covers float32 rounding; the exact
+   ``score > θ`` test comes in step 3), so the detections are those of the static ``K_l = k_l``.
+   The data-dependent K is a run-time TopK input, which TensorRT 10's ONNX parser accepts
+   (operator matrix: "K input must be less than 3840"; 8.x required an initializer).
+   ``θ = 0`` and ``--nms efficient`` keep the static ``K_l = k_l``;
 2. over the concatenated candidates ``[B, N]`` (N = Σ k_l), box decoding with the
    :class:`swdet.boxes.BoxCoder` parameterization
    ``c = d_xy / w_xy · size + ctr``, ``wh = exp(min(d_wh / w_wh, clip)) · size``,
@@ -71,8 +80,9 @@ class LevelSpec:
 class GraphBuilder:
     """Appends nodes and initializers with unique names under a prefix."""
 
-    def __init__(self, prefix: str = "post"):
+    def __init__(self, prefix: str = "post", opset: int = 17):
         self.prefix = prefix
+        self.opset = int(opset)  # ReduceMax takes ``axes`` as an input from opset 18
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
@@ -93,6 +103,11 @@ class GraphBuilder:
     def f32(self, values, hint: str = "f32") -> str:
         return self.const(np.asarray(values, dtype=np.float32), hint=hint)
 
+    def reduce_max(self, x: str, axes: list[int], keepdims: int, hint: str) -> str:
+        if self.opset >= 18:
+            return self.op("ReduceMax", [x, self.i64(axes)], hint=hint, keepdims=keepdims)
+        return self.op("ReduceMax", [x], hint=hint, axes=axes, keepdims=keepdims)
+
     def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, hint: str | None = None,
            domain: str = "", **attrs):
         name = self._name(hint or op_type.lower())
@@ -112,23 +127,77 @@ def anchor_constants(anchors_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([ax, ay], 1).astype(np.float32), np.stack([aw, ah], 1).astype(np.float32)
 
 
+LOGIT_MARGIN = 0.01  # threshold-first top-k counts logits above logit(θ) - margin (module docstring)
+
+
+def logit_cut(score_threshold: float) -> float:
+    """``logit(θ) - LOGIT_MARGIN``: every logit whose float32 sigmoid exceeds θ is above it."""
+    t = min(max(float(score_threshold), 1e-30), 1.0 - 1e-7)
+    return float(np.log(t) - np.log1p(-t)) - LOGIT_MARGIN
+
+
+def _capped_count(g: GraphBuilder, values: str, cut: float, cap: str, hint: str) -> str:
+    """``[max(1, min(cap, max_b #{values[b] > cut}))]`` int64 for ``values [B, m]``: a run-time
+    K (module docstring, step 1)."""
+    above = g.op("Cast", [g.op("Greater", [values, g.f32(cut, "logit_cut")], hint=f"{hint}_above")],
+                 hint=f"{hint}_above_f", to=TensorProto.FLOAT)  # float sums are exact below 2^24 and fast
+    count = g.op("ReduceMax", [g.op("ReduceSum", [above, g.i64([1])], hint=f"{hint}_count", keepdims=0)],
+                 hint=f"{hint}_max_count", keepdims=1)  # [1]
+    count = g.op("Cast", [count], hint=f"{hint}_count_i64", to=TensorProto.INT64)
+    return g.op("Max", [g.op("Min", [count, cap], hint=f"{hint}_min"), g.i64([1], "one")], hint=f"{hint}_k")
+
+
+def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str,
+                    cut: float | None) -> tuple[str, str, str]:
+    """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` in two smaller sorts: the
+    ``K' = min(K, n)`` anchors with the best class logit, then the ``K`` best of their ``K'·C``
+    pairs. Exact: a pair among the best ``K`` has at most ``K-1`` better pairs, hence at most
+    ``K-1`` anchors whose best logit beats it, so its anchor is among the best ``K'`` (ties
+    aside); it spares ``TopK`` the ``n·C`` scan with a large K (ONNX Runtime's CPU TopK is
+    ~5x slower at K = 1000 than at K = 100). With a threshold (``cut``), ``K'`` is also capped
+    by the anchors whose best logit passes it (every passing pair's anchor does, and ``K`` is
+    at most the passing pairs, so ``K <= K'·C`` still holds). Returns ``(logits [B,K],
+    anchor [B,K], class [B,K])``."""
+    best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
+    k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
+    if cut is not None:
+        k1 = _capped_count(g, best, cut, k1, "anchors")
+    _, anchors = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
+    sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
+               batch_dims=1)  # [B, K', C]
+    pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
+    top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
+    local = g.op("Div", [j, c_i64], hint="local_anchor")
+    cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
+    anchor_idx = g.op("GatherElements", [anchors, local], hint="anchor_idx", axis=1)
+    return top_logit, anchor_idx, cls
+
+
 def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.ndarray], *,
                      num_classes: int, imgsz: int, box_weights=(1.0, 1.0, 1.0, 1.0),
-                     box_clip: float) -> tuple[str, str, str]:
+                     box_clip: float, threshold_first: float | None = None) -> tuple[str, str, str]:
     """Per-level top-k and decoding; returns ``(boxes [B,N,4] f32, scores [B,N] f32,
-    classes [B,N] int64)``."""
+    classes [B,N] int64)``. ``threshold_first = θ > 0``: the run-time ``K_l`` of the module
+    docstring (N is then data dependent); ``None``: the static ``K_l = k_l``."""
     c = num_classes
     c_i64 = g.i64(c, "num_classes")
+    dynamic = threshold_first is not None and float(threshold_first) > 0.0
+    cut = logit_cut(threshold_first) if dynamic else None
     deltas, ctrs, sizes, scores, classes = [], [], [], [], []
     for lvl, anc in zip(levels, anchors):
         n, k = lvl.num_anchors, lvl.topk
         ctr, size = anchor_constants(anc)
-        prob = g.op("Sigmoid", [lvl.cls_name], hint="sigmoid")
-        flat = g.op("Reshape", [prob, g.i64([-1, n * c], "flat_shape")], hint="flatten")
-        top_s, top_i = g.op("TopK", [flat, g.i64([k], "pre_nms_topk")], 2, hint="level_topk",
-                            axis=1, largest=1, sorted=1)
-        anchor_idx = g.op("Div", [top_i, c_i64], hint="anchor_idx")  # non-negative: floor division
-        cls = g.op("Sub", [top_i, g.op("Mul", [anchor_idx, c_i64])], hint="class_idx")
+        flat = g.op("Reshape", [lvl.cls_name, g.i64([-1, n * c], "flat_shape")], hint="flatten")
+        k_in = g.i64([k], "pre_nms_topk")
+        if dynamic:
+            k_in = _capped_count(g, flat, cut, k_in, "pairs")
+        if c > 1 and (dynamic or k < n * c):
+            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, cut)
+        else:
+            top_logit, top_i = g.op("TopK", [flat, k_in], 2, hint="level_topk", axis=1, largest=1, sorted=1)
+            anchor_idx = g.op("Div", [top_i, c_i64], hint="anchor_idx")  # non-negative: floor division
+            cls = g.op("Sub", [top_i, g.op("Mul", [anchor_idx, c_i64])], hint="class_idx")
+        top_s = g.op("Sigmoid", [top_logit], hint="sigmoid")
         d = g.op("GatherND", [lvl.box_name, g.op("Unsqueeze", [anchor_idx, g.i64([-1])])],
                  hint="gather_deltas", batch_dims=1)
         deltas.append(d)
@@ -174,10 +243,17 @@ def _finish(g: GraphBuilder, num_f: str, boxes: str, scores: str, classes_i32: s
     g.op("Identity", [classes_i32], ["det_classes"], hint="det_classes")
 
 
-def build_onnx_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, num_candidates: int,
+def build_onnx_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, num_candidates: int | None,
                    num_classes: int, score_threshold: float, nms_iou: float, max_det: int) -> None:
     """Threshold, class-aware ``NonMaxSuppression``, best ``max_det``, padding (module docstring,
-    step 4)."""
+    step 4). ``num_candidates=None`` (a run-time N): ``max_det`` blank candidates (score -1,
+    never above θ) are appended first so the final ``TopK`` has a static ``K = max_det``."""
+    if num_candidates is None:
+        scores = g.op("Pad", [scores, g.i64([0, 0, 0, max_det]), g.f32(-1.0)], hint="blank_scores", mode="constant")
+        boxes = g.op("Pad", [boxes, g.i64([0, 0, 0, 0, max_det, 0]), g.f32(0.0)], hint="blank_boxes",
+                     mode="constant")
+        classes = g.op("Pad", [classes, g.i64([0, 0, 0, max_det]), g.i64(0)], hint="blank_classes", mode="constant")
+        num_candidates = max_det
     thr = g.f32([score_threshold], "score_threshold")
     valid = g.op("Greater", [scores, thr], hint="above_threshold")  # score > θ
     cls_row = g.op("Unsqueeze", [classes, g.i64([1])], hint="classes_b1n")  # [B, 1, N]
@@ -249,7 +325,7 @@ def build_efficient_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, 
     return num_raw, boxes_raw, scores_raw, classes_raw
 
 
-def build_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, nms: str, num_candidates: int,
+def build_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, nms: str, num_candidates: int | None,
               num_classes: int, score_threshold: float, nms_iou: float, max_det: int,
               batch: int | str) -> list[onnx.ValueInfoProto]:
     """The contract outputs from candidates with ``nms`` ``"onnx"`` (:func:`build_onnx_nms`) or

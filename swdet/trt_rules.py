@@ -9,7 +9,8 @@ Sources (looked up, encoded here, not copied):
 
 * onnx/onnx-tensorrt ``docs/operators.md`` (the operator support matrix of the TensorRT 10.x
   parser: supported opsets 9-20 in 10.0, up to 24 in later 10.x; the supported / unsupported
-  operators and their restrictions, e.g. ``TopK``: ``sorted`` must be 1 and ``K`` below 3840;
+  operators and their restrictions, e.g. ``TopK``: ``sorted`` must be 1 and ``K`` below 3840
+  (a run-time K is accepted by 10.x; 8.x required an initializer);
   ``QuantizeLinear`` / ``DequantizeLinear``: zero point must be 0; ``Resize`` modes;
   ``ScatterND``: no reduction; INT8 only as a quantized type);
 * TensorRT's quantization guide (explicit quantization: symmetric signed INT8, Q/DQ pairs,
@@ -324,6 +325,26 @@ def _check_efficient_nms(gr: _Graph, node: onnx.NodeProto, where: str, out: list
             add("error", f"scores input shape {scores}: expected [B, N, C]")
 
 
+def _upper_bound(gr: _Graph, name: str, depth: int = 0) -> int | None:
+    """An upper bound of an integer tensor from constants through ``Min`` / ``Max`` / shape-only
+    ops (how swdet clamps a run-time TopK K), or None when none is visible."""
+    if gr.is_const(name):
+        v = gr.value(name)
+        return None if v is None or v.size == 0 else int(np.max(v))
+    node = gr.producer.get(name)
+    if node is None or depth > 16:
+        return None
+    bounds = [_upper_bound(gr, i, depth + 1) for i in node.input if i]
+    if node.op_type == "Min":
+        known = [b for b in bounds if b is not None]
+        return min(known) if known else None
+    if node.op_type == "Max":
+        return None if not bounds or any(b is None for b in bounds) else max(bounds)
+    if node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast") and bounds:
+        return bounds[0]
+    return None
+
+
 def _check_node(gr: _Graph, node: onnx.NodeProto, where: str, post: set[str], out: list[Problem]) -> None:
     op = node.op_type
     add = lambda sev, msg: out.append(Problem(sev, where, op, msg))  # noqa: E731
@@ -355,12 +376,20 @@ def _check_node(gr: _Graph, node: onnx.NodeProto, where: str, post: set[str], ou
 
     if op == "TopK":
         k_name = node.input[1] if len(node.input) > 1 else ""
-        if not k_name or not gr.is_const(k_name):
-            add("error", "K must be a build-time constant (an initializer)")
-        else:
+        if not k_name:
+            add("error", "TopK without a K input")
+        elif gr.is_const(k_name):
             k = gr.value(k_name)
             if k is not None and int(np.max(k)) >= TOPK_MAX_K:
                 add("error", f"K = {int(np.max(k))}: TensorRT's TopK needs K < {TOPK_MAX_K}")
+        else:
+            bound = _upper_bound(gr, k_name)
+            if bound is None:
+                add("warning", f"K is computed at run time with no visible bound: TensorRT's TopK fails for "
+                               f"K >= {TOPK_MAX_K} (and TensorRT 8.x parsers need K as an initializer)")
+            elif bound >= TOPK_MAX_K:
+                add("error", f"K is computed at run time and may reach {bound}: TensorRT's TopK needs "
+                             f"K < {TOPK_MAX_K}")
         if int(_attr(node, "sorted", 1)) != 1:
             add("error", "sorted must be 1")
     elif op == "NonMaxSuppression":

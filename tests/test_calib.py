@@ -220,19 +220,33 @@ def test_method_ranges_from_one_cache(int8):
     assert any(en[t] < 0.99 * mm[t] for t in mm)  # entropy clips outliers somewhere
 
 
-def test_entropy_search_matches_onnxruntime():
+def _qdq_error(x: np.ndarray, amax: float) -> float:
+    """Mean squared error of symmetric INT8 fake quantization with clipping threshold ``amax``."""
+    s = amax / 127
+    return float(np.mean((np.clip(np.round(x / s), -127, 127) * s - x) ** 2))
+
+
+def test_entropy_search_clips_heavy_tails_not_bounded_data():
+    """The KL search on |x|: a heavy-tailed tensor is clipped well inside its maximum, to a
+    lower INT8 error than min-max; a bounded uniform one keeps (nearly) its whole range."""
     from onnxruntime.quantization.calibrate import HistogramCollector
-    from swdet.calib.stats import Q_BINS, entropy_threshold
+    from swdet.calib.stats import ABS_BINS, Q_BINS, entropy_threshold
 
     rng = np.random.default_rng(0)
-    c = HistogramCollector("entropy", True, 512, Q_BINS, 99.99, "same")
-    data = {"relu": np.maximum(rng.standard_normal(50_000), 0).astype(np.float32) ** 2,
-            "laplace": rng.laplace(size=50_000).astype(np.float32)}
+    gauss = np.abs(rng.standard_normal(200_000)).astype(np.float32)
+    data = {"relu_laplace": np.maximum(rng.laplace(size=200_000), 0).astype(np.float32),
+            "outlier": np.concatenate([gauss, np.float32([40.0])]),
+            "uniform": rng.uniform(-1, 1, size=200_000).astype(np.float32)}
+    c = HistogramCollector("percentile", True, ABS_BINS, Q_BINS, 99.99, "same")
     with contextlib.redirect_stdout(io.StringIO()):
         c.collect(data)
-        c.collect({k: 1.3 * v for k, v in data.items()})  # widens the histogram
-        for hist in c.histogram_dict.values():
-            assert entropy_threshold(hist, Q_BINS) == c.get_entropy_threshold(hist, Q_BINS)
+        c.collect({k: 1.3 * v for k, v in data.items()})  # widens the histogram (appended bins)
+    for name in ("relu_laplace", "outlier"):
+        x = np.concatenate([data[name], 1.3 * data[name]])
+        amax, top = entropy_threshold(c.histogram_dict[name], Q_BINS), float(np.abs(x).max())
+        assert amax < (0.95 if name == "relu_laplace" else 0.25) * top, name
+        assert _qdq_error(x, amax) < 0.95 * _qdq_error(x, top), name
+    assert entropy_threshold(c.histogram_dict["uniform"], Q_BINS) > 0.9 * 1.3
 
 
 def test_report_lists_every_layer_worst_first(fp32_onnx, calib_images, tmp_path, int8):

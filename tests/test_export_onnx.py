@@ -192,6 +192,34 @@ def test_few_candidates_padded_to_max_det(artifact, tmp_path):
     assert_same_detections(ref, out)
 
 
+def _level_topk_k_is_constant(path) -> list[bool]:
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    return [n.input[1] in inits for n in model.graph.node if n.op_type == "TopK" and "level_topk" in n.name]
+
+
+def test_threshold_first_topk_is_data_dependent_and_exact(artifact, tmp_path):
+    """θ > 0: each level's K is computed in the graph from the pairs above θ (Sampling-Free's
+    cheaper post-processing); θ = 0 keeps the constant K. Same detections as torch either way,
+    also when K and the candidates fall below max_det."""
+    x = images(3, seed=21)
+    scores = np.sort(torch_reference(artifact, x, score_threshold=0.0, max_det=1000)["det_scores"].ravel())[::-1]
+    i = int(np.argmin(np.diff(scores[20:80]))) + 20  # the clearest gap: no score sits on θ
+    thr = float((scores[i] + scores[i + 1]) / 2)
+    static = export_onnx(artifact, tmp_path / "s.onnx", score_threshold=0.0)
+    dynamic = export_onnx(artifact, tmp_path / "d.onnx", score_threshold=thr)
+    assert all(_level_topk_k_is_constant(static)) and len(_level_topk_k_is_constant(static)) >= 4
+    assert not any(_level_topk_k_is_constant(dynamic))
+    ref = torch_reference(artifact, x, score_threshold=thr)
+    assert 0 < ref["num_dets"].sum() and ref["num_dets"].min() < ref["num_dets"].max()  # images differ
+    assert_same_detections(ref, run_ort(dynamic, x))
+    few = export_onnx(artifact, tmp_path / "f.onnx", pre_nms_topk=3, max_det=50, score_threshold=thr)
+    ref = torch_reference(artifact, x, pre_nms_topk=3, max_det=50, score_threshold=thr)
+    out = run_ort(few, x)
+    assert out["det_boxes"].shape == (3, 50, 4)
+    assert_same_detections(ref, out)
+
+
 def test_many_candidates_small_max_det(artifact, tmp_path):
     x = images(2, seed=6)
     path = export_onnx(artifact, tmp_path / "many.onnx", pre_nms_topk=2000, max_det=7, score_threshold=0.0)

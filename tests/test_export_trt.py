@@ -129,7 +129,14 @@ def test_topk_restrictions():
     x, y, i = _vi("x", [1, 5000]), _vi("v", None), _vi("i", None, TensorProto.INT64)
     dyn = _model([helper.make_node("TopK", ["x", "k"], ["v", "i"], name="t")], [x, _vi("k", [1], TensorProto.INT64)],
                  [y, i])
-    _flag(dyn, "TopK", "build-time constant")
+    _flag(dyn, "TopK", "no visible bound", severity="warning")  # a run-time K with no clamp
+    clamp = [helper.make_node("Min", ["k", "cap"], ["kc"], name="min"),
+             helper.make_node("TopK", ["x", "kc"], ["v", "i"], name="t")]
+    k_in = [x, _vi("k", [1], TensorProto.INT64)]
+    for cap, ok in ((1000, True), (5000, False)):
+        m = _model(clamp, k_in, [y, i], inits=[numpy_helper.from_array(np.array([cap], np.int64), "cap")])
+        found = [p for p in check_tensorrt_compat(m) if p.op == "TopK"]
+        assert (not found) if ok else ("may reach 5000" in found[0].message and found[0].severity == "error")
     big = _model([helper.make_node("TopK", ["x", "k"], ["v", "i"])], [x], [y, i],
                  inits=[numpy_helper.from_array(np.array([4000], np.int64), "k")])
     _flag(big, "TopK", "K < 3840")

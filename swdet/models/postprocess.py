@@ -1,7 +1,7 @@
 """Torch post-processing with the exact semantics of the exported graphs.
 
-Per image and FPN level: sigmoid scores over (anchor, class) pairs, the ``pre_nms_topk`` best
-pairs, the score threshold (``score > θ``), box decoding and clipping to the input canvas; then,
+Per image and FPN level: the ``pre_nms_topk`` best (anchor, class) pairs by logit and their
+sigmoid scores, the score threshold (``score > θ``), box decoding and clipping to the input canvas; then,
 over all levels, class-aware NMS (``IoU > nms_iou`` suppresses) and the ``max_det`` best
 survivors. The output follows the EfficientNMS convention of DESIGN.md: ``num_dets [B, 1]``
 int32, ``det_boxes [B, K, 4]``, ``det_scores [B, K]``, ``det_classes [B, K]`` int32; rows past
@@ -24,9 +24,9 @@ def select_candidates(cls_logits: list[Tensor], bbox_deltas: list[Tensor], ancho
     all_boxes, all_scores, all_classes = [], [], []
     for logits, deltas, anc in zip(cls_logits, bbox_deltas, anchors):
         b, n, c = logits.shape
-        scores = torch.sigmoid(logits.float()).reshape(b, n * c)
         k = min(pre_nms_topk, n * c)
-        top_scores, top_idx = scores.topk(k, dim=1)
+        top_logits, top_idx = logits.float().reshape(b, n * c).topk(k, dim=1)
+        top_scores = torch.sigmoid(top_logits)  # the sigmoid is monotonic: only the kept pairs
         anchor_idx = torch.div(top_idx, c, rounding_mode="floor")
         classes = top_idx - anchor_idx * c
         d = torch.gather(deltas.float(), 1, anchor_idx[..., None].expand(b, k, 4))
