@@ -37,3 +37,21 @@ def tiny_run(synth_data, tmp_path_factory) -> Path:
     rc = main(["train", "--data", str(synth_data), "--iters", "6", "--out", str(out), *TINY_TRAIN])
     assert rc == 0
     return out
+
+
+def assert_layer_boundary(code: str, package: str, forbidden: tuple[str, ...]) -> None:
+    """``code`` (which prints ``BAD <sorted forbidden modules it loaded>``) runs in a fresh
+    interpreter and loads none of ``forbidden``; no ``import`` line under ``package`` names one
+    (DESIGN.md, Layout: dependencies point one way)."""
+    import importlib
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "BAD []" in res.stdout
+    for f in Path(importlib.import_module(package).__file__).parent.rglob("*.py"):
+        for line in f.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ", "from ")):
+                assert not any(m in s for m in forbidden), f"{f}: {s}"

@@ -289,9 +289,7 @@ def test_calib_never_imports_export_serve_or_train(fp32_onnx, calib_images, tmp_
     """calib may be imported by export, so it must not import export (a cycle), nor serve or
     train (DESIGN.md, Layout): what it shares with them is core (swdet.onnx_meta,
     swdet.trt_rules, swdet.preprocess)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import assert_layer_boundary
 
     out = tmp_path / "m.int8.onnx"
     code = f"""
@@ -304,12 +302,4 @@ assert r.out.is_file()
 bad = sorted(m for m in sys.modules if m.startswith(("swdet.export", "swdet.serve", "swdet.train")))
 print("BAD", bad)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "BAD []" in res.stdout
-    calib_dir = Path(__import__("swdet.calib").calib.__file__).parent
-    for f in calib_dir.rglob("*.py"):
-        for line in f.read_text().splitlines():
-            s = line.strip()
-            if s.startswith(("import ", "from ")):
-                assert not any(m in s for m in ("swdet.export", "swdet.serve", "swdet.train")), f"{f}: {s}"
+    assert_layer_boundary(code, "swdet.calib", ("swdet.export", "swdet.serve", "swdet.train"))

@@ -262,9 +262,7 @@ def test_onnx_file_can_be_copied_and_loaded_elsewhere(models, tmp_path):
 
 def test_serve_never_imports_train_or_export(tmp_path):
     """A deployed model needs neither swdet.train nor swdet.export (DESIGN.md, Layout)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import assert_layer_boundary
 
     toy = make_toy_onnx(tmp_path / "toy.onnx")
     code = f"""
@@ -279,15 +277,7 @@ verify({str(toy)!r}, {str(toy)!r}, rounds=1, iters=1, warmup=0, batch_size=1)
 bad = sorted(m for m in sys.modules if m.startswith(("swdet.train", "swdet.export")))
 print("BAD", bad)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "BAD []" in out.stdout
-    serve_dir = Path(__import__("swdet.serve").serve.__file__).parent
-    for f in serve_dir.rglob("*.py"):
-        for line in f.read_text().splitlines():
-            s = line.strip()
-            if s.startswith(("import ", "from ")):
-                assert "swdet.train" not in s and "swdet.export" not in s, f"{f}: {s}"
+    assert_layer_boundary(code, "swdet.serve", ("swdet.train", "swdet.export"))
 
 
 COCO128_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "val2017"
