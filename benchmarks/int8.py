@@ -12,7 +12,10 @@ batch, both with ``--threads`` intra-op threads; ``speedup = 1 / median round ra
 95 % bootstrap band; throughput = batch / INT8 latency.
 
     python benchmarks/int8.py --run runs/tiny_focal --data data/synth             # the acceptance table
-    python benchmarks/int8.py --model retinanet_r50_fpn --imgsz 512 --data data/synth --out benchmarks/results/int8_r50
+    python benchmarks/int8.py --run runs/r50_192 --data data/synth --out benchmarks/results/int8_r50
+        # runs/r50_192: swdet train benchmarks/configs/retinanet_r50_fpn_scratch_192.yaml --data data/synth --out runs/r50_192
+    python benchmarks/int8.py --model retinanet_r50_fpn --imgsz 320 --data data/synth --val-limit 40 --rounds 6 \
+        --out benchmarks/results/int8_r50_320_random                           # speed only
     python benchmarks/int8.py --quick --data data/synth                           # functional check (random tiny)
 
 Goals (printed per row): trained model: ``|AP_int8 - AP_fp32| <= 1.0`` AP point for every method;
@@ -151,26 +154,28 @@ def to_markdown(r: dict) -> str:
              (f"ONNX Runtime {h.get('onnxruntime')} CPU: {h.get('cpu')} ({h.get('cpu_count')} cores, {r['threads']} "
              f"threads). Calibration: {r['num_images']} images of `{r['data']}/train`; AP on `{r['data']}/val` "
              f"(COCO box AP, points). Latency: median `infer` (network + post-processing) in interleaved FP32/INT8 "
-             f"rounds ({r['rounds']} x {r['iters']}); speedup with its 95 % bootstrap band."), "",
+             f"rounds ({r['rounds']} x {r['iters']}); speedup with its 95 % bootstrap band. Each INT8 row is timed against "
+             f"its own interleaved FP32 runs (column `fp32 b{r['batch_sizes'][-1]} ms (paired)`: the speedup's "
+             f"reference); the fp32 row shows the first method's pairing."), "",
              *(["**Quick setting** (`--quick`): a functional check, not a measurement.", ""] if r["quick"] else []),
              *([] if r["trained"] else ["Random weights: AP is not meaningful and not shown (speed and size only).",
                                         ""])]
     headers = ["precision", "calib method", "calib images", "AP", "AP50", "ΔAP",
-               *(f"latency b{b} ms" for b in bs), f"img/s b{bs[-1]}", f"speedup b{bs[-1]} (band)", "size MB"]
+               *(f"latency b{b} ms" for b in bs), f"img/s b{bs[-1]}", f"fp32 b{bs[-1]} ms (paired)", f"speedup b{bs[-1]} (band)", "size MB"]
     rows = []
     for row in r["rows"]:
         sp = {int(k): v for k, v in (row.get("speed") or {}).items()}
         if row["precision"] == "fp32":
             lat = [fmt(sp.get(b, {}).get("fp32_ms")) for b in bs]
-            thr, spd = fmt(sp.get(bs[-1], {}).get("throughput_ips"), 1), "1.00x"
+            thr, spd, ref = fmt(sp.get(bs[-1], {}).get("throughput_ips"), 1), "1.00x", "-"
         else:
             lat = [fmt(sp.get(b, {}).get("int8_ms")) for b in bs]
             last = sp.get(bs[-1], {})
-            thr = fmt(last.get("throughput_ips"), 1)
+            thr, ref = fmt(last.get("throughput_ips"), 1), fmt(last.get("fp32_ms"))
             spd = f"{last['speedup']:.2f}x [{last['band'][0]:.2f}, {last['band'][1]:.2f}]" if last else "-"
         drop = "-" if row.get("ap_drop_points") is None else f"{-row['ap_drop_points']:+.1f}"
         rows.append([row["precision"], row["method"], str(row["calib_images"] or "-"), ap(row["AP"]), ap(row["AP50"]),
-                     drop, *lat, thr, spd, f"{row['size_mb']:.2f}"])
+                     drop, *lat, thr, ref, spd, f"{row['size_mb']:.2f}"])
     lines.append(format_table(rows, headers, markdown=True))
     goals = [f"- {row['method']}: " + "; ".join(g for g in (row.get("ap_goal"), row.get("speed_goal")) if g)
              for row in r["rows"] if row["precision"] == "int8"]
