@@ -299,20 +299,45 @@ def _register() -> None:
 _register()
 
 
+def exit_status(code) -> int:
+    """The process exit status for ``sys.exit(code)`` semantics: None is 0, an int is itself,
+    anything else (a message) is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one line and a non-zero exit for every user error."""
+    """Entry point; returns the exit status (the console script passes it to ``sys.exit``).
+
+    0 on success; the code of a ``click.exceptions.Exit`` a command raises (``swdet verify``
+    exits 1 when the candidate's cost differs); 2 for a usage error; the error's ``exit_code``
+    for a :class:`~swdet.errors.SwdetError` (2 for bad input, 3 when training diverged), printed
+    as one line; 130 when interrupted; 1 for anything unexpected (one line; the traceback with
+    ``SWDET_DEBUG=1``).
+
+    Click runs with ``standalone_mode=False`` so errors reach the handlers below; in that mode
+    click *returns* the code of an ``Exit`` (and ``--help`` / ``--version`` return 0) instead of
+    raising it, so the returned value is the exit status. Commands return None.
+    """
     debug = os.environ.get("SWDET_DEBUG", "") not in ("", "0")
     try:
-        cli.main(args=argv, prog_name="swdet", standalone_mode=False)
-        return 0
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        rv = cli.main(args=argv, prog_name="swdet", standalone_mode=False)
+        return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+    except click.exceptions.Abort as e:  # click turns KeyboardInterrupt and EOF into Abort
+        click.echo("interrupted" if isinstance(e.__context__, KeyboardInterrupt) else "aborted", err=True)
         return 130
-    except click.ClickException as e:
+    except click.ClickException as e:  # usage errors (2) and the like: click's own message
         e.show()
         return e.exit_code
     except click.exceptions.Exit as e:
-        return e.exit_code
+        return exit_status(e.exit_code)
+    except SystemExit as e:
+        if e.code is not None and not isinstance(e.code, int):
+            click.echo(f"error: {e.code}", err=True)
+        return exit_status(e.code)
     except SwdetError as e:
         if debug:
             raise

@@ -66,7 +66,10 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
     from swdet.train.engine import train
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SwdetError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     data = out / "data"
     summary: dict = {"out": str(out), "stages": {}}
 
