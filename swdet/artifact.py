@@ -230,20 +230,26 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
 
 def read_checkpoint(path: str | Path, map_location="cpu", *, require: tuple[str, ...] = ()) -> dict:
-    """``torch.load`` of an swdet training checkpoint (``checkpoints/last.pt``) with one-line
-    errors: the file must exist, unpickle, and be a dict whose ``"model"`` is a state dict;
-    ``require`` names further keys that must be present (e.g. ``("iteration",)`` to resume).
+    """An swdet training checkpoint (``checkpoints/last.pt``), loaded with
+    ``torch.load(weights_only=True)`` only: tensors and plain containers, never code from the
+    file. One-line errors: the file must exist, hold nothing else (a pickle that would build
+    other objects is refused, and nothing in it runs), and be a dict whose ``"model"`` is a
+    state dict; ``require`` names further keys that must be present (e.g. ``("iteration",)``
+    to resume)."""
+    import pickle
 
-    Our checkpoints hold numpy RNG state and plain containers, so they are loaded with
-    ``weights_only=False``: only load checkpoints you wrote.
-    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise SwdetError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+            raise SwdetError(f"{path}: refused: the checkpoint holds objects other than tensors and plain "
+                             "containers (only those are loaded, so a checkpoint cannot run code)") from None
+        raise SwdetError(f"{path}: not a readable swdet checkpoint (UnpicklingError)") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user error
         raise SwdetError(f"{path}: not a readable swdet checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):

@@ -22,6 +22,7 @@ from swdet.config import Config, PostprocessConfig
 from swdet.errors import SwdetError
 from swdet.export import export_onnx, load_for_export, to_artifact
 from swdet.models import build_model
+from swdet.train.checkpoint import rng_state
 from swdet.train.methods.swn import SampleWeightingNetwork
 
 IMGSZ = 128
@@ -56,7 +57,7 @@ def write_checkpoint(path: Path, method=("sampling_free", "swn"), stats=None, **
              "optimizer": {"state": {}, "param_groups": []},
              "weighting_optimizer": {"state": {0: {"exp_avg": torch.full((8, 1), SENTINEL)}}},
              "config": cfg.to_dict(), "stats": stats if stats is not None else {"num_fg": 250, "num_all": 1000},
-             "class_names": ["a", "b", "c"], "category_ids": [3, 7, 11], "rng": {"numpy": np.random.get_state()}}
+             "class_names": ["a", "b", "c"], "category_ids": [3, 7, 11], "rng": rng_state()}
     for key in drop:
         state.pop(key)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def test_run_directory_contract(tiny_run):
     for f in ("checkpoints/last.pt", "model.safetensors", "model.json", "log.jsonl", "metrics.json",
               "plots/losses.png", "plots/pr_curve.png", "predictions_val.json"):
         assert (tiny_run / f).is_file(), f
-    ckpt = torch.load(tiny_run / "checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(tiny_run / "checkpoints/last.pt", weights_only=True)
     assert ckpt["iteration"] == 6 and {"model", "optimizer"} <= set(ckpt)
     rows = [json.loads(line) for line in (tiny_run / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [2, 4, 6]
@@ -61,13 +61,13 @@ def test_sigkill_then_resume_finishes_without_repeating(synth_data, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    first = torch.load(ckpt, weights_only=False)["iteration"]
+    first = torch.load(ckpt, weights_only=True)["iteration"]
     assert 4 <= first < total, "the kill must land after a checkpoint and before the end"
     res = subprocess.run([sys.executable, "-m", "swdet", "train", "--out", str(run), "--resume", "--quiet",
                           "--no-eval"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    a = torch.load(ref / "checkpoints/last.pt", weights_only=False)
-    b = torch.load(ckpt, weights_only=False)
+    a = torch.load(ref / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
     assert b["iteration"] == total
     for k in a["model"]:  # deterministic on CPU: the resumed run is the uninterrupted run
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
@@ -99,7 +99,7 @@ def test_non_finite_loss_is_skipped_then_repeated_ones_stop(synth_data, tmp_path
     before = {k: v.clone() for k, v in trainer.module.detector.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="non-finite"):
         trainer.fit()
-    ckpt = torch.load(tmp_path / "nan/checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "nan/checkpoints/last.pt", weights_only=True)
     assert ckpt["iteration"] == 6  # the last checkpoint before the run stopped, intact
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert any(not torch.equal(before[k], v) for k, v in ckpt["model"].items())
@@ -121,7 +121,7 @@ def test_ddp_two_cpu_processes_gloo(synth_data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    ckpt = torch.load(out / "checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ckpt["iteration"] == 4 and (out / "model.safetensors").is_file()
     assert res.stdout.count("training finished") == 1  # only rank 0 reports
 
@@ -156,7 +156,7 @@ def test_adamw_and_deeper_tiny_backbone_train(synth_data, tmp_path):
     rc = main(["train", "--data", str(synth_data), "--iters", "3", "--out", str(out), *TINY_TRAIN,
                "--set", "train.optimizer=adamw", "--set", "train.lr=0.002", "--set", "model.backbone_blocks=[1,1,2,2]"])
     assert rc == 0
-    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     opt = state["optimizer"]
     assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(opt["state"].values())))
     assert [g["weight_decay"] for g in opt["param_groups"]][1] == 0.0  # no decay on norms and biases

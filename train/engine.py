@@ -37,7 +37,7 @@ from swdet.artifact import atomic_write_json, build_metadata, save_artifact, thr
 from swdet.config import Config
 from swdet.errors import SwdetError, TrainingDiverged
 from swdet.models import build_model, count_parameters
-from swdet.train.checkpoint import load_checkpoint, save_checkpoint
+from swdet.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from swdet.train.methods import MethodSet, build_methods
 from swdet.train.retina_loss import build_detector_loss
 
@@ -99,21 +99,6 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------------------------
