@@ -294,7 +294,7 @@ def test_calib_never_imports_export_serve_or_train(fp32_onnx, calib_images, tmp_
     out = tmp_path / "m.int8.onnx"
     code = f"""
 import sys
-import swdet.calib, swdet.calib.cli, swdet.calib.quantize, swdet.calib.stats, swdet.calib.report
+import swdet.calib, swdet.calib.quantize, swdet.calib.stats, swdet.calib.report
 from swdet.calib import calibrate
 r = calibrate({str(fp32_onnx)!r}, {str(calib_images)!r}, {str(out)!r}, num_images=2, method="minmax",
               cache={str(tmp_path / "c.npz")!r}, report=True, report_images=1)

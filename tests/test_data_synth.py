@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from swdet.data import CocoDetection, DataWarning, write_synthetic_dataset
-from swdet.data.cli import data as data_cli
+from swdet.cli.data import data as data_cli
 from swdet.data.synth import CATEGORIES
 from swdet.errors import SwdetError
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from swdet.data import CocoDetection, DataWarning, convert_yolo, read_names
-from swdet.data.cli import data as data_cli
+from swdet.cli.data import data as data_cli
 from swdet.errors import SwdetError
 
 

@@ -611,7 +611,7 @@ def test_every_config_loads_and_resolves_its_methods():
             assert cfg.model.name == "retinanet_tiny"
     tiny = [load_config(CONFIGS / f"retinanet_tiny{'_' + m if m else ''}.yaml").train for m in [""] + METHODS]
     assert all(t == tiny[0] for t in tiny)  # the repeated training keys agree
-    from swdet.pipeline import TINY_RECIPE  # `swdet pipeline` trains the same recipe without the files
+    from swdet.cli.pipeline import TINY_RECIPE  # `swdet pipeline` trains the same recipe without the files
 
     recipe = load_config(None, list(TINY_RECIPE))
     shipped = load_config(CONFIGS / "retinanet_tiny.yaml")

@@ -267,7 +267,7 @@ def test_serve_never_imports_train_or_export(tmp_path):
     toy = make_toy_onnx(tmp_path / "toy.onnx")
     code = f"""
 import sys, numpy as np
-import swdet.serve, swdet.serve.cli, swdet.serve.bench, swdet.serve.batcher, swdet.serve.preprocess
+import swdet.serve, swdet.serve.bench, swdet.serve.batcher, swdet.serve.preprocess
 import swdet.serve.verify, swdet.serve.runtimes.tensorrt_runtime, swdet.serve.runtimes.torch_runtime
 from swdet.serve.runtimes import load_runtime
 from swdet.serve.verify import verify

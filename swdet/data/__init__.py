@@ -1,8 +1,7 @@
 """Data layer: robust image decoding, COCO datasets, letterbox, augmentation, loaders, the
 synthetic default dataset and YOLO conversion.
 
-The ``swdet data`` CLI group lives in :mod:`swdet.data.cli` (not imported here, so importing
-the data layer does not import click).
+The ``swdet data`` commands live in the command line, :mod:`swdet.cli.data`.
 """
 
 from .coco import CocoDetection, DataWarning, read_coco_json

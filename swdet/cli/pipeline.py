@@ -21,23 +21,37 @@ from pathlib import Path
 
 import click
 
+from swdet.cli.common import CONTEXT, write_json
 from swdet.errors import SwdetError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# The embedded default's training recipe: the values of configs/retinanet_tiny.yaml, repeated here
-# so the pipeline runs the same from an installed wheel (a test checks they agree).
-TINY_RECIPE: tuple[str, ...] = (
-    "model=retinanet_tiny",
-    "train.iters=1300",
-    "train.batch_size=8",
-    "train.optimizer=adamw",
-    "train.lr=0.008",
-    "train.weight_decay=0.05",
-    "train.schedule=cosine",
-    "train.warmup_iters=200",
-    "train.grad_clip=10.0",
-)
+RECIPE = "retinanet_tiny.yaml"  # the embedded default's training recipe: configs/retinanet_tiny.yaml
+
+
+def recipe_path(name: str = RECIPE) -> Path:
+    """A shipped config: ``configs/<name>``, installed with the package as ``swdet.configs`` (one
+    source for the recipe, whether swdet runs from a wheel or from a checkout)."""
+    import importlib.resources
+
+    try:
+        found = importlib.resources.files("swdet.configs") / name
+        if found.is_file():
+            return Path(str(found))
+    except ModuleNotFoundError:  # an editable install maps no data-only package
+        pass
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    if not path.is_file():
+        raise SwdetError(f"{path}: the pipeline's recipe is missing from this installation")
+    return path
+
+
+def __getattr__(name: str):
+    if name == "TINY_RECIPE":  # the recipe as --set overrides (model and train sections of the YAML)
+        import yaml
+
+        data = yaml.safe_load(recipe_path().read_text())
+        return (f"model={data['model']}", *(f"train.{k}={v}" for k, v in data["train"].items()))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _stage(name: str) -> None:
@@ -81,10 +95,10 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
         write_synthetic_dataset(data, n_train=n_train, n_val=n_val, seed=seed, workers=workers)
 
     def config_for(m: str, n_iters: int | None):
-        sets = [*TINY_RECIPE, f"data.root={data}", f"loss.method={m}", f"data.workers={workers}"]
+        sets = [f"data.root={data}", f"loss.method={m}", f"data.workers={workers}"]
         if n_iters is not None:
             sets.append(f"train.iters={n_iters}")
-        return load_config(None, sets)
+        return load_config(recipe_path(), sets)
 
     runs = {}
     for tag, m, n_iters in (("baseline", method, iters), ("candidate", candidate, candidate_iters)):
@@ -143,9 +157,7 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
     summary["stages"]["verify"] = report.to_dict()
     summary["verify_ok"] = bool(report.ok)
     summary["time_s"] = round(time.perf_counter() - t0, 1)
-    from swdet.artifact import atomic_write_json
-
-    atomic_write_json(out / "pipeline.json", summary)
+    write_json(out / "pipeline.json", summary)
     return summary
 
 

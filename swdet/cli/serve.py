@@ -1,26 +1,14 @@
 """``swdet serve ...`` commands (only click is imported at module level).
 
-``swdet verify`` lives in :mod:`swdet.cli` (it exports run directories first); it prints
-:func:`swdet.serve.verify.format_verify_report`.
+``swdet verify`` has its own module (:mod:`swdet.cli.verify`): it exports run directories first.
 """
 
 from __future__ import annotations
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from swdet.cli.common import CONTEXT, int_list, write_json
 
-
-def _parse_sizes(text: str) -> list[int]:
-    from swdet.errors import SwdetError
-
-    try:
-        sizes = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise SwdetError(f"--batch-sizes {text}: expected comma-separated integers, e.g. 1,8,32") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise SwdetError(f"--batch-sizes {text}: expected positive integers, e.g. 1,8,32")
-    return sizes
 
 
 def format_bench_table(result: dict) -> str:
@@ -81,7 +69,7 @@ def bench_cmd(model, batch_sizes, iters, warmup, images, device, threads, cuda_g
     from swdet.serve.bench import benchmark
     from swdet.serve.runtimes import load_runtime
 
-    sizes = _parse_sizes(batch_sizes)
+    sizes = int_list(batch_sizes, "--batch-sizes", positive=True) or [1]
     if iters < 1:
         raise SwdetError(f"--iters {iters}: must be >= 1")
     if warmup < 0:
@@ -107,7 +95,5 @@ def bench_cmd(model, batch_sizes, iters, warmup, images, device, threads, cuda_g
         click.echo(f"warning: {len(result['skipped_images'])} unreadable images skipped "
                    f"(e.g. {result['skipped_images'][0]})", err=True)
     if json_out:
-        from swdet.artifact import atomic_write_json
-
-        atomic_write_json(json_out, result)
+        write_json(json_out, result)
         click.echo(f"results -> {json_out}")

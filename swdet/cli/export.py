@@ -1,25 +1,15 @@
 """``swdet export``: ONNX, TensorRT engine or Triton repository from a trained model.
 
-Only click is imported at module level; everything heavy is imported inside the command.
+Only click is imported at module level; the stage is imported inside the command.
 """
 
 from __future__ import annotations
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from swdet.cli.common import CONTEXT, int_list
+
 SOURCE_HELP = "run directory, model.safetensors, model.json, training checkpoint (.pt), .onnx or .engine"
-
-
-def _int_list(value: str | None, option: str) -> list[int] | None:
-    from swdet.errors import SwdetError
-
-    if not value:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise SwdetError(f"{option} {value!r}: expected comma-separated integers, e.g. 4,8") from None
 
 
 def _row(path, summary: dict | None = None, precision: str | None = None) -> dict:
@@ -97,7 +87,7 @@ def export(model, fmt, out, imgsz, batch, score_threshold, nms, precision, opset
         from swdet.export.tensorrt_build import import_tensorrt
 
         import_tensorrt("building engines")  # fail before a minute of export
-    prefs = _int_list(preferred_batch_sizes, "--preferred-batch-sizes")
+    prefs = int_list(preferred_batch_sizes, "--preferred-batch-sizes")
     onnx_opts = dict(imgsz=imgsz, batch=batch, score_threshold=score_threshold, nms=nms, precision=precision,
                      opset=opset, max_det=max_det, pre_nms_topk=pre_nms_topk)
 

@@ -1,4 +1,4 @@
-"""``swdet data ...``: dataset commands (registered in the main CLI by :mod:`swdet.cli`).
+"""``swdet data ...``: dataset commands.
 
 User errors are raised as :class:`~swdet.errors.SwdetError`; the main CLI turns them into one
 line and a non-zero exit.
@@ -10,12 +10,14 @@ import warnings
 
 import click
 
-from .coco import DataWarning
+from swdet.cli.common import CONTEXT
 
 __all__ = ["data"]
 
 
 def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    from swdet.data.coco import DataWarning
+
     for w in caught:
         if issubclass(w.category, DataWarning):
             click.echo(f"warning: {w.message}", err=True)
@@ -23,12 +25,12 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-@click.group("data")
+@click.group("data", context_settings=CONTEXT)
 def data() -> None:
     """Create or convert COCO-format datasets."""
 
 
-@data.command("synth")
+@data.command("synth", context_settings=CONTEXT)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--train", "n_train", default=2000, show_default=True, type=click.IntRange(min=0),
               help="Number of training images.")
@@ -51,7 +53,7 @@ def synth_cmd(out: str, n_train: int, n_val: int, seed: int, preset: str, worker
       swdet data synth --out data/shapes --train 2000 --val 300 --seed 0
       swdet data synth --out data/shapes_hard --preset hard
     """
-    from .synth import write_synthetic_dataset
+    from swdet.data.synth import write_synthetic_dataset
 
     s = write_synthetic_dataset(out, n_train, n_val, seed, workers=workers, config=preset)
     click.echo(
@@ -61,7 +63,7 @@ def synth_cmd(out: str, n_train: int, n_val: int, seed: int, preset: str, worker
     )
 
 
-@data.command("from-yolo")
+@data.command("from-yolo", context_settings=CONTEXT)
 @click.argument("images", type=click.Path(file_okay=False))
 @click.argument("labels", type=click.Path(file_okay=False))
 @click.option("--names", required=True,
@@ -80,7 +82,8 @@ def from_yolo_cmd(images: str, labels: str, names: str, out: str) -> None:
       swdet data from-yolo coco128/images/train2017 coco128/labels/train2017 \\
           --names coco128.yaml --out coco128/annotations/instances_train.json
     """
-    from .yolo import convert_yolo
+    from swdet.data.coco import DataWarning
+    from swdet.data.yolo import convert_yolo
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)

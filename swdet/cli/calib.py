@@ -1,13 +1,14 @@
 """``swdet calib``: INT8 calibration of an fp32 ONNX export to a Q/DQ model.
 
-Only click is imported at module level; everything heavy is imported inside the command.
+Only click is imported at module level; the stage is imported inside the command.
 """
 
 from __future__ import annotations
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from swdet.cli.common import CONTEXT, write_json
+
 
 
 @click.command("calib", context_settings=CONTEXT)
@@ -75,8 +76,6 @@ def calib(model, images, out, num_images, method, percentile, per_channel, exclu
     click.echo(format_table([summary_row(result)], title="swdet calib: int8 (Q/DQ)"))
     click.echo(f"cache: {result.cache}")
     if json_out:
-        from swdet.artifact import atomic_write_json
-
         summary = asdict_result(result)
         summary.pop("report", None)
-        atomic_write_json(json_out, summary)
+        write_json(json_out, summary)
