@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     from swdet.export.onnx_export import export_onnx
     from swdet.preprocess import list_images, prepare_batch
     from swdet.serve.bench import host_info
-    from swdet.serve.runtimes.onnxruntime_runtime import OnnxRuntime, baked_score_threshold
+    from swdet.deploy.onnx_meta import baked_score_threshold
+    from swdet.serve.runtimes.onnxruntime_runtime import OnnxRuntime
 
     meta = read_metadata(args.run / META_NAME)
     thr_info = meta.get("threshold") or {}

@@ -50,7 +50,7 @@ detector with baked-in post-processing:
      are never rounded to int8 (TensorRT: an INT8 convolution with an FP32 output).
 5. **Stitch** the post-processing back, store the swdet metadata (``export.precision = "int8"``
    and a ``calibration`` section), check with the ONNX checker and
-   :func:`swdet.trt_rules.check_tensorrt_compat`, write atomically.
+   :func:`swdet.deploy.trt_rules.check_tensorrt_compat`, write atomically.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from swdet.deploy.graph import check_model, consumers
 from swdet.errors import SwdetError
 
 BOUNDARY_PREFIX = "net/"
@@ -114,7 +115,7 @@ class CalibResult:
 def load_fp32_model(path: str | Path) -> tuple[onnx.ModelProto, dict, bytes]:
     """Read and validate the model to calibrate: an swdet fp32 ONNX export. Returns
     ``(model, metadata, file bytes)``; anything else is a one-line :class:`SwdetError`."""
-    from swdet.onnx_meta import read_onnx_metadata
+    from swdet.deploy.onnx_meta import read_onnx_metadata
 
     p = Path(path)
     if not p.exists():
@@ -248,15 +249,6 @@ def preprocess_network(network: onnx.ModelProto, workdir: Path) -> onnx.ModelPro
 # Which nodes and tensors
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            if i:
-                out.setdefault(i, []).append(n)
-    return out
-
-
 def quantizable_nodes(network: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes whose inputs get Q/DQ: every Conv, every ReLU, and every Add of two activations."""
     inits = {t.name for t in network.graph.initializer}
@@ -363,7 +355,7 @@ def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_ch
 def _drop_output_qdq(model: onnx.ModelProto, convs: set[str]) -> None:
     """Remove the Q -> DQ pairs on the outputs of ``convs``: consumers read the float output."""
     g = model.graph
-    cons = _consumers(g)
+    cons = consumers(g)
     drop: set[int] = set()
     rename: dict[str, str] = {}
     for n in g.node:
@@ -399,7 +391,7 @@ def _unshare_qparams(model: onnx.ModelProto) -> None:
     so ONNX Runtime cannot merge dedicated pairs back into shared ones (module docstring)."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    cons = _consumers(g)
+    cons = consumers(g)
     uses: dict[str, int] = {}
     new: list[onnx.TensorProto] = []
     for n in g.node:
@@ -425,7 +417,7 @@ def _unshare_qparams(model: onnx.ModelProto) -> None:
 
 def stitch(quantized: onnx.ModelProto, split: Split, original: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
     """Quantized network + the original post-processing, outputs, opsets and metadata."""
-    from swdet.onnx_meta import set_onnx_metadata
+    from swdet.deploy.onnx_meta import set_onnx_metadata
 
     net = quantized.graph
     have = {t.name for t in net.initializer}
@@ -445,13 +437,9 @@ def stitch(quantized: onnx.ModelProto, split: Split, original: onnx.ModelProto, 
 
 
 def _check(model: onnx.ModelProto) -> None:
-    from swdet.trt_rules import check_tensorrt_compat, has_errors
+    from swdet.deploy.trt_rules import check_tensorrt_compat, has_errors
 
-    has_plugin = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
-    try:
-        onnx.checker.check_model(model, full_check=not has_plugin)
-    except onnx.checker.ValidationError as e:
-        raise RuntimeError(f"the quantized graph does not pass the ONNX checker: {str(e).splitlines()[0]}") from e
+    check_model(model, "the quantized graph")
     problems = check_tensorrt_compat(model)
     if has_errors(problems):
         raise RuntimeError("the quantized graph fails the TensorRT static check: "

@@ -53,9 +53,10 @@ def _groups(boundary: list[str]) -> dict[str, list[int]]:
 def layers(network: onnx.ModelProto, exclude=()) -> list[tuple[str, list[str]]]:
     """``(layer name, node names to quantize together)``: each Conv with a ReLU that is its only
     consumer, each Add of two activations; excluded nodes left out."""
-    from swdet.calib.quantize import _consumers, quantizable_nodes
+    from swdet.calib.quantize import quantizable_nodes
+    from swdet.deploy.graph import consumers
 
-    cons = _consumers(network.graph)
+    cons = consumers(network.graph)
     excluded = set(exclude)
     out = []
     for n in quantizable_nodes(network):

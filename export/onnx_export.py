@@ -27,7 +27,7 @@ How it is built:
 * ``onnx.checker.check_model(full_check=True)`` and strict shape inference must pass (the
   ``EfficientNMS_TRT`` plugin node has no ONNX schema: its outputs are typed by hand).
 * the ``model.json`` metadata, with the export settings under ``"export"``, is stored in
-  ``metadata_props["swdet"]`` (JSON) by :func:`swdet.onnx_meta.set_onnx_metadata`.
+  ``metadata_props["swdet"]`` (JSON) by :func:`swdet.deploy.onnx_meta.set_onnx_metadata`.
 
 FP16 (``precision="fp16"``, for TensorRT's strongly typed mode): weights and network compute in
 float16, the input stays float32 and is cast after normalization (the mean/std constants stay
@@ -64,7 +64,8 @@ from swdet.export.onnx_postprocess import (
     build_nms,
     output_value_infos,
 )
-from swdet.onnx_meta import METADATA_KEY, read_onnx_metadata, set_onnx_metadata  # noqa: F401 - re-exported
+from swdet.deploy.graph import check_and_infer, default_opset, static_reshapes, tidy_graph
+from swdet.deploy.onnx_meta import read_onnx_metadata, set_onnx_metadata
 
 INPUT_NAME = "images"
 MIN_OPSET = 13  # GatherND batch_dims, ReduceSum axes as input, NonMaxSuppression-11
@@ -244,102 +245,6 @@ def export_network(model: nn.Module, settings: ExportSettings, names: list[str],
 # Lossless clean-up
 
 
-def tidy_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constants to initializers, Identity chains removed, dead nodes and initializers dropped.
-    Tensor values are untouched (lossless)."""
-    g = model.graph
-    keep_names = {o.name for o in g.output}
-    nodes = []
-    for n in g.node:
-        if (n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1
-                and n.attribute[0].name == "value"):
-            t = TensorProto()
-            t.CopyFrom(n.attribute[0].t)
-            t.name = n.output[0]
-            g.initializer.append(t)
-        else:
-            nodes.append(n)
-    alias: dict[str, str] = {}
-    kept = []
-    for n in nodes:
-        if n.op_type == "Identity" and n.domain in ("", "ai.onnx") and n.output[0] not in keep_names:
-            alias[n.output[0]] = n.input[0]
-        else:
-            kept.append(n)
-
-    def resolve(name: str) -> str:
-        while name in alias:
-            name = alias[name]
-        return name
-
-    for n in kept:
-        for i, name in enumerate(n.input):
-            if name in alias:
-                n.input[i] = resolve(name)
-    # an Identity that only renames a node's output to a graph output: let the producer write it
-    consumers: dict[str, int] = {}
-    for n in kept:
-        for name in n.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    producer = {o: n for n in kept for o in n.output}
-    graph_inputs = {i.name for i in g.input}
-    folded = []
-    for n in kept:
-        if (n.op_type == "Identity" and n.domain in ("", "ai.onnx") and n.input[0] in producer
-                and consumers.get(n.input[0]) == 1 and n.input[0] not in keep_names
-                and n.input[0] not in graph_inputs):
-            src = producer[n.input[0]]
-            src.output[list(src.output).index(n.input[0])] = n.output[0]
-        else:
-            folded.append(n)
-    kept = folded
-    # dead-code elimination, from the graph outputs backwards
-    needed = set(keep_names)
-    live = []
-    for n in reversed(kept):
-        if any(o in needed for o in n.output):
-            live.append(n)
-            needed.update(i for i in n.input if i)
-    live.reverse()
-    del g.node[:]
-    g.node.extend(live)
-    inits = [t for t in g.initializer if t.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    del g.value_info[:]  # recomputed by shape inference
-    return model
-
-
-def static_reshapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace computed ``Reshape`` targets (``Shape -> Gather -> Concat`` chains, traced from
-    ``x.view(b, ...)``) by constants when shape inference knows every output dim but one: the
-    unknown one (the batch) becomes -1, which Reshape recomputes to the same value. Lossless;
-    the dead shape arithmetic is then removed by :func:`tidy_graph`."""
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    shapes = {}
-    for v in list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    inits = {t.name for t in model.graph.initializer}
-    changed = False
-    for n in model.graph.node:
-        if n.op_type != "Reshape" or len(n.input) < 2 or n.input[1] in inits:
-            continue
-        if any(a.name == "allowzero" and a.i for a in n.attribute):
-            continue
-        dims = shapes.get(n.output[0])
-        if not dims or sum(d is None for d in dims) != 1 or any(d == 0 for d in dims):
-            continue
-        target = np.array([-1 if d is None else d for d in dims], dtype=np.int64)
-        name = f"{n.output[0]}/static_shape"
-        model.graph.initializer.append(onnx.numpy_helper.from_array(target, name))
-        inits.add(name)
-        n.input[1] = name
-        changed = True
-    return tidy_graph(model) if changed else model
-
-
 def _maybe_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxsim  # optional, never required
@@ -458,23 +363,6 @@ def finish_graph(proto: onnx.ModelProto, parts, meta: dict, settings: ExportSett
     return check_and_infer(proto, extra_value_info=extra_value_info)
 
 
-def check_and_infer(proto: onnx.ModelProto, extra_value_info=()) -> onnx.ModelProto:
-    """``onnx.checker`` (full check) and strict shape inference; ``extra_value_info`` types the
-    outputs of nodes without a schema (TensorRT plugins)."""
-    has_plugin = any(n.domain == TRT_DOMAIN for n in proto.graph.node)
-    try:
-        if has_plugin:
-            proto.graph.value_info.extend(extra_value_info)
-            onnx.checker.check_model(proto, full_check=False)
-            inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
-        else:
-            onnx.checker.check_model(proto, full_check=True)
-            inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise RuntimeError(f"the exported graph does not pass the ONNX checker: {str(e).splitlines()[0]}") from e
-    return inferred
-
-
 def export_onnx(model, out, *, imgsz: int | None = None, batch: int | str = "dynamic",
                 score_threshold: float | str = "auto", nms: str = "onnx", precision: str = "fp32",
                 opset: int = DEFAULT_OPSET, max_det: int | None = None, pre_nms_topk: int | None = None,
@@ -519,7 +407,7 @@ def graph_summary(model: onnx.ModelProto | str | Path) -> dict:
     ops = [n.op_type for n in model.graph.node]
     meta = read_onnx_metadata(model) or {}
     exp = meta.get("export", {})
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = default_opset(model)
     nms = "efficient" if EFFICIENT_NMS_OP in ops else ("onnx" if "NonMaxSuppression" in ops else "none")
     return {"opset": opset, "nodes": len(ops), "op_types": sorted(set(ops)), "nms": nms,
             "precision": detect_precision(model), "score_threshold": exp.get("score_threshold",

@@ -272,13 +272,8 @@ def build_detections(g: GraphBuilder, cls: str, box: str, proposals: str, valid_
 
 def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "auto") -> onnx.ModelProto:
     """The complete, checked Faster R-CNN graph (network + post-processing + metadata)."""
-    from swdet.export.onnx_export import (
-        BATCH_DIM,
-        _maybe_onnxsim,
-        finish_graph,
-        static_reshapes,
-        tidy_graph,
-    )
+    from swdet.deploy.graph import static_reshapes, tidy_graph
+    from swdet.export.onnx_export import BATCH_DIM, _maybe_onnxsim, finish_graph
 
     from swdet.artifact import model_config_from_meta
     from swdet.models.anchors import generate_anchors

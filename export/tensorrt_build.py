@@ -9,7 +9,7 @@ Every engine gets a sidecar ``<engine>.json``: the model's ``model.json`` plus a
 section with the TensorRT version, GPU name and compute capability it was built for, the
 precision, the optimization profile of ``images`` and the SHA-256 of the source ONNX. The
 sidecar (path, layout, reading and the compatibility rules: ``check_engine_sidecar``) lives in
-core, :mod:`swdet.engine_meta`, so serving checks engines without importing this stage; this
+core, :mod:`swdet.deploy.engine_meta`, so serving checks engines without importing this stage; this
 module only writes it.
 
 TensorRT is an optional extra (``pip install "swdet[tensorrt]"``) imported only when needed.
@@ -22,8 +22,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from swdet.engine_meta import INPUT_NAME, current_gpu, engine_sidecar, write_engine_sidecar
-from swdet.engine_meta import import_tensorrt as _import_tensorrt
+from swdet.deploy.engine_meta import INPUT_NAME, current_gpu, engine_sidecar, write_engine_sidecar
+from swdet.deploy.engine_meta import import_tensorrt as _import_tensorrt
 from swdet.errors import SwdetError
 
 DEFAULT_OPT_BATCH = 8
@@ -112,24 +112,18 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, min_batch: int = 1, 
                  timing_cache: str | Path | None = None, verbose: bool = False, progress: bool = True) -> Path:
     """Build a TensorRT engine from an swdet ONNX file; returns ``out``.
 
-    The static check (:func:`swdet.trt_rules.check_tensorrt_compat`) runs first and any
+    The static check (:func:`swdet.deploy.trt_rules.check_tensorrt_compat`) runs first and any
     error refuses the build. ``timing_cache`` is read when it exists and written back after the
     build. The sidecar ``<out>.json`` is written next to the engine.
     """
-    import onnx
-
     from swdet.artifact import atomic_write_bytes
+    from swdet.deploy.graph import load_onnx, static_dims
     from swdet.export.onnx_export import detect_precision
-    from swdet.onnx_meta import read_onnx_metadata
-    from swdet.trt_rules import check_tensorrt_compat, format_problems, has_errors
+    from swdet.deploy.onnx_meta import read_onnx_metadata
+    from swdet.deploy.trt_rules import check_tensorrt_compat, format_problems, has_errors
 
     onnx_path, out = Path(onnx_path), Path(out)
-    if not onnx_path.is_file():
-        raise SwdetError(f"{onnx_path}: no such file")
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - not an ONNX file
-        raise SwdetError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__})") from None
+    proto = load_onnx(onnx_path)
     meta = read_onnx_metadata(proto)
     if meta is None:
         raise SwdetError(f"{onnx_path}: no swdet metadata (metadata_props['swdet']); export it with 'swdet export'")
@@ -140,8 +134,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, min_batch: int = 1, 
     inputs = [i for i in proto.graph.input if i.name == INPUT_NAME]
     if not inputs:
         raise SwdetError(f"{onnx_path}: no input named {INPUT_NAME!r}")
-    shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-             for d in inputs[0].type.tensor_type.shape.dim]
+    shape = static_dims(inputs[0])
     profile = resolve_profile(shape, min_batch, opt_batch, max_batch)
     if workspace_gb is not None and not workspace_gb > 0:
         raise SwdetError(f"--workspace-gb {workspace_gb}: must be positive")

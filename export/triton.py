@@ -27,19 +27,14 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 def _onnx_facts(path: Path) -> tuple[dict, int | None, int, int]:
     """``(meta, batch or None if dynamic, imgsz, max_det)`` of an swdet ONNX file."""
-    import onnx
+    from swdet.deploy.graph import load_onnx, static_dims
+    from swdet.deploy.onnx_meta import read_onnx_metadata
 
-    from swdet.onnx_meta import read_onnx_metadata
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001
-        raise SwdetError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    proto = load_onnx(path)
     meta = read_onnx_metadata(proto)
     if meta is None:
         raise SwdetError(f"{path}: no swdet metadata (metadata_props['swdet']); export it with 'swdet export'")
-    dims = {v.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                     for d in v.type.tensor_type.shape.dim] for v in list(proto.graph.input) + list(proto.graph.output)}
+    dims = {v.name: static_dims(v) for v in list(proto.graph.input) + list(proto.graph.output)}
     img = dims.get("images")
     boxes = dims.get("det_boxes")
     if not img or len(img) != 4 or not boxes or len(boxes) != 3:
@@ -51,7 +46,7 @@ def _onnx_facts(path: Path) -> tuple[dict, int | None, int, int]:
 
 def _engine_facts(path: Path) -> tuple[dict, int | None, int, int, int]:
     """``(meta, fixed batch or None, imgsz, max_det, profile max batch)`` from the sidecar."""
-    from swdet.engine_meta import read_engine_sidecar
+    from swdet.deploy.engine_meta import read_engine_sidecar
 
     meta = read_engine_sidecar(path)
     prof = meta["engine"].get("input", {})

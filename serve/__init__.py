@@ -3,7 +3,7 @@ benchmark them and verify that a candidate costs what a baseline costs.
 
 Imports neither ``swdet.train`` nor ``swdet.export``: a deployed model needs neither. What serve
 shares with other stages is core: host pre/post-processing (:mod:`swdet.preprocess`), the ONNX
-metadata (:mod:`swdet.onnx_meta`), the engine sidecar (:mod:`swdet.engine_meta`) and dataset
+metadata (:mod:`swdet.deploy.onnx_meta`), the engine sidecar (:mod:`swdet.deploy.engine_meta`) and dataset
 evaluation (:func:`swdet.inference.evaluate_runtime`).
 
     from swdet.serve import load_runtime, Preprocessor, map_detections, DynamicBatcher, benchmark

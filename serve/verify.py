@@ -129,7 +129,8 @@ def summarize_onnx(path: str | os.PathLike) -> OnnxSummary:
     import numpy as np
     import onnx
 
-    from swdet.onnx_meta import metadata_text, parse_metadata
+    from swdet.deploy.graph import default_opset
+    from swdet.deploy.onnx_meta import metadata_text, parse_metadata
 
     p = Path(path)
     if not p.is_file():
@@ -146,7 +147,7 @@ def summarize_onnx(path: str | os.PathLike) -> OnnxSummary:
         raise SwdetError(f"{p}: the graph has no input")
     dims = model.graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-    opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = default_opset(model)
     elements = int(sum(int(np.prod(s)) if s else 1 for s in inits.values()))
     return OnnxSummary(str(p), meta, ops, inits, shape, elements, opset)
 
@@ -218,7 +219,7 @@ def _structure_rows(a: OnnxSummary, b: OnnxSummary) -> list[VerifyRow]:
 
 
 def _threshold_rows(a: OnnxSummary, b: OnnxSummary) -> list[VerifyRow]:
-    from swdet.serve.runtimes.onnxruntime_runtime import baked_score_threshold
+    from swdet.deploy.onnx_meta import baked_score_threshold
 
     rows = []
     ta, tb = baked_score_threshold(a.meta), baked_score_threshold(b.meta)
@@ -248,7 +249,7 @@ def _coco_ap(runtime, ann, images, batch_size: int, progress: bool) -> float:
 
 
 def _accuracy(label: str, onnx_rt, source, ann, images, batch_size, tolerance, device, progress) -> tuple[dict, VerifyRow]:
-    from swdet.serve.runtimes.onnxruntime_runtime import baked_score_threshold
+    from swdet.deploy.onnx_meta import baked_score_threshold
     from swdet.serve.runtimes.torch_runtime import TorchRuntime
 
     ap_onnx = _coco_ap(onnx_rt, ann, images, batch_size, progress)

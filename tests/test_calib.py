@@ -104,7 +104,7 @@ def test_zero_points_are_int8_zero_and_weights_int8_per_channel(int8):
 
 def test_post_processing_stays_float(int8, fp32_onnx):
     """No Q/DQ at or after the post-processing; its nodes are the fp32 export's, unchanged."""
-    from swdet.trt_rules import _Graph, _post_region
+    from swdet.deploy.trt_rules import _Graph, _post_region
 
     model = onnx.load(str(int8.out))
     post = _post_region(_Graph(model))
@@ -287,8 +287,8 @@ def test_export_check_only_accepts_the_int8_model(int8):
 
 def test_calib_never_imports_export_serve_or_train(fp32_onnx, calib_images, tmp_path):
     """calib may be imported by export, so it must not import export (a cycle), nor serve or
-    train (DESIGN.md, Layout): what it shares with them is core (swdet.onnx_meta,
-    swdet.trt_rules, swdet.preprocess)."""
+    train (DESIGN.md, Layout): what it shares with them is core (swdet.deploy.onnx_meta,
+    swdet.deploy.trt_rules, swdet.preprocess)."""
     from conftest import assert_layer_boundary
 
     out = tmp_path / "m.int8.onnx"

@@ -72,7 +72,7 @@ def _tiny_proto():
 def test_onnx_metadata_roundtrip_and_strict_errors(tmp_path):
     import onnx
 
-    from swdet.onnx_meta import parse_metadata, read_onnx_metadata, require_onnx_metadata, set_onnx_metadata
+    from swdet.deploy.onnx_meta import parse_metadata, read_onnx_metadata, require_onnx_metadata, set_onnx_metadata
 
     proto = _tiny_proto()
     assert read_onnx_metadata(proto) is None
@@ -95,22 +95,23 @@ def test_onnx_metadata_roundtrip_and_strict_errors(tmp_path):
 
 
 def test_export_serve_and_calib_share_the_core_implementations():
-    import swdet.engine_meta as E
+    """Deployment facts live once, in swdet.deploy; the stages use them, no shims re-export them."""
+    import importlib.util
+
+    import swdet.deploy.engine_meta as E
+    import swdet.deploy.onnx_meta as M
+    import swdet.deploy.trt_rules as T
     import swdet.export
-    import swdet.onnx_meta as M
-    import swdet.trt_rules as T
-    from swdet.export import onnx_export, trt_check
-    from swdet.serve import preprocess as serve_pre
-    from swdet.serve.runtimes import onnxruntime_runtime
+    from swdet.serve.runtimes import onnxruntime_runtime, tensorrt_runtime
 
-    import swdet.preprocess as P
-
-    assert swdet.export.read_onnx_metadata is onnx_export.read_onnx_metadata is M.read_onnx_metadata
-    assert onnx_export.set_onnx_metadata is M.set_onnx_metadata
+    assert swdet.export.read_onnx_metadata is M.read_onnx_metadata
     assert onnxruntime_runtime.parse_metadata is M.parse_metadata
-    assert swdet.export.check_tensorrt_compat is trt_check.check_tensorrt_compat is T.check_tensorrt_compat
+    assert onnxruntime_runtime.check_score_threshold is tensorrt_runtime.check_score_threshold is M.check_score_threshold
+    assert swdet.export.check_tensorrt_compat is T.check_tensorrt_compat
     assert swdet.export.check_engine_sidecar is E.check_engine_sidecar
-    assert serve_pre.Preprocessor is P.Preprocessor and serve_pre.map_detections is P.map_detections
+    for gone in ("swdet.export.trt_check", "swdet.serve.preprocess", "swdet.onnx_meta", "swdet.trt_rules",
+                 "swdet.engine_meta", "swdet.pipeline"):
+        assert importlib.util.find_spec(gone) is None, gone
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_export_serve_and_calib_share_the_core_implementations():
 
 
 def test_engine_sidecar_rules(tmp_path):
-    from swdet.engine_meta import check_engine_sidecar, engine_sidecar, read_engine_sidecar, write_engine_sidecar
+    from swdet.deploy.engine_meta import check_engine_sidecar, engine_sidecar, read_engine_sidecar, write_engine_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")

@@ -11,7 +11,7 @@ from google.protobuf import message_factory
 import swdet.config
 from swdet.artifact import build_metadata, save_artifact
 from swdet.config import PostprocessConfig
-from swdet.engine_meta import engine_sidecar, write_engine_sidecar
+from swdet.deploy.engine_meta import engine_sidecar, write_engine_sidecar
 from swdet.errors import SwdetError
 from swdet.export import export_onnx, write_triton_repository
 from swdet.export.tensorrt_build import resolve_profile

@@ -16,12 +16,12 @@ from onnx import TensorProto, helper, numpy_helper
 import swdet.config
 from swdet.artifact import build_metadata, save_artifact
 from swdet.config import PostprocessConfig
-from swdet.engine_meta import check_engine_sidecar, engine_sidecar, sidecar_path, write_engine_sidecar
+from swdet.deploy.engine_meta import check_engine_sidecar, engine_sidecar, sidecar_path, write_engine_sidecar
 from swdet.errors import MissingDependency, SwdetError
 from swdet.export import check_tensorrt_compat, export_onnx, format_problems
 from swdet.export.tensorrt_build import build_engine, import_tensorrt, resolve_profile
 from swdet.models import build_model
-from swdet.onnx_meta import set_onnx_metadata
+from swdet.deploy.onnx_meta import set_onnx_metadata
 
 IMGSZ = 128
 

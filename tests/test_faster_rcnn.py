@@ -14,7 +14,7 @@ from swdet.export import export_onnx
 from swdet.train.assign import IGNORE, NEGATIVE
 from swdet.train.methods import FASTER_RCNN_METHODS, build_methods
 from swdet.train.rcnn_loss import sample_hardest, sample_labels, sample_random
-from swdet.trt_rules import check_tensorrt_compat, format_problems, has_errors
+from swdet.deploy.trt_rules import check_tensorrt_compat, format_problems, has_errors
 from test_export_onnx import assert_same_detections, run_ort
 
 from swdet.artifact import build_metadata, load_artifact, postprocess_from_meta, save_artifact

@@ -187,8 +187,8 @@ def test_intra_op_threads_option(models):
 
 
 def test_tensorrt_sidecar_checks():
-    """The runtime's sidecar rules are core's (swdet.engine_meta), the ones swdet export writes for."""
-    from swdet.engine_meta import check_engine_compat, split_sidecar
+    """The runtime's sidecar rules are core's (swdet.deploy.engine_meta), the ones swdet export writes for."""
+    from swdet.deploy.engine_meta import check_engine_compat, split_sidecar
 
     def check(info, trt, gpu, cc):
         check_engine_compat(info, "e.json", tensorrt_version=trt, gpu=gpu, compute_capability=cc)
@@ -267,7 +267,7 @@ def test_serve_never_imports_train_or_export(tmp_path):
     toy = make_toy_onnx(tmp_path / "toy.onnx")
     code = f"""
 import sys, numpy as np
-import swdet.serve, swdet.serve.bench, swdet.serve.batcher, swdet.serve.preprocess
+import swdet.serve, swdet.serve.bench, swdet.serve.batcher
 import swdet.serve.verify, swdet.serve.runtimes.tensorrt_runtime, swdet.serve.runtimes.torch_runtime
 from swdet.serve.runtimes import load_runtime
 from swdet.serve.verify import verify

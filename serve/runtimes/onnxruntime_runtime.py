@@ -5,7 +5,7 @@ The model file must follow the ONNX contract of DESIGN.md (section 4): input ``i
 ``[B, 3, S, S]`` (RGB 0-255), outputs ``num_dets``, ``det_boxes``, ``det_scores``,
 ``det_classes``, and ``model.json`` stored as JSON under the key ``swdet`` of the graph's
 ``metadata_props`` (with an ``export`` sub-dict: score_threshold, nms, precision, batch, opset,
-imgsz; read by :func:`swdet.onnx_meta.parse_metadata`). Everything that can be wrong with the file is a one-line :class:`SwdetError`.
+imgsz; read by :func:`swdet.deploy.onnx_meta.parse_metadata`). Everything that can be wrong with the file is a one-line :class:`SwdetError`.
 
 A model exported with a fixed batch ``N`` accepts any batch ``B <= N``: the input is padded to
 ``N`` with zero images and the outputs cut back to ``B`` (padding rows cost compute, which is why
@@ -20,34 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from swdet.errors import MissingDependency, SwdetError
-from swdet.onnx_meta import METADATA_KEY, parse_metadata
+from swdet.deploy.onnx_meta import METADATA_KEY, check_score_threshold, parse_metadata
 from swdet.serve.runtimes.base import OUTPUT_NAMES, Runtime
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(double)": np.float64}
 _OUT_DTYPES = {"num_dets": np.int32, "det_boxes": np.float32, "det_scores": np.float32, "det_classes": np.int32}
-
-
-def baked_score_threshold(meta: dict) -> float | None:
-    """The score threshold inside an exported graph (``export.score_threshold``, else the
-    ``postprocess`` one)."""
-    exp = meta.get("export") or {}
-    for v in (exp.get("score_threshold"), (meta.get("postprocess") or {}).get("score_threshold")):
-        if v is not None:
-            return float(v)
-    return None
-
-
-def check_score_threshold(meta: dict, requested: float | None, source: str) -> None:
-    """A post-processing threshold is compiled into exported models; asking for another one
-    cannot be honoured at run time."""
-    if requested is None:
-        return
-    baked = baked_score_threshold(meta)
-    if baked is None or abs(float(requested) - baked) <= 1e-9 * max(1.0, abs(baked)):
-        return
-    raise SwdetError(f"{source}: score threshold {baked:g} is baked into the exported graph, cannot run it at "
-                     f"{float(requested):g}; re-export with --score-threshold {float(requested):g}")
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

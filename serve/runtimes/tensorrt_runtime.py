@@ -5,7 +5,7 @@ An engine ``model.engine`` comes with a sidecar JSON ``model.engine.json`` that 
 ``compute_capability``, the precision and the optimization-profile shapes. An engine only runs
 on the TensorRT version and GPU architecture it was built for, so both are checked before
 deserializing: a mismatch is a one-line error telling the user to rebuild. The sidecar and its
-rules live in core (:mod:`swdet.engine_meta`), shared with ``swdet export`` which writes it:
+rules live in core (:mod:`swdet.deploy.engine_meta`), shared with ``swdet export`` which writes it:
 serving never imports the export stage.
 
 Device memory and the stream come from PyTorch (torch already owns the CUDA context; no
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from swdet.engine_meta import check_engine_compat, import_tensorrt, read_engine_sidecar, sidecar_path, split_sidecar
+from swdet.deploy.engine_meta import check_engine_compat, import_tensorrt, read_engine_sidecar, sidecar_path, split_sidecar
 from swdet.errors import SwdetError
 from swdet.serve.runtimes.base import OUTPUT_NAMES, Runtime
-from swdet.serve.runtimes.onnxruntime_runtime import check_score_threshold
+from swdet.deploy.onnx_meta import check_score_threshold
 
 
 class TensorRTRuntime(Runtime):

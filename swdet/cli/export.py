@@ -74,7 +74,7 @@ def export(model, fmt, out, imgsz, batch, score_threshold, nms, precision, opset
     from swdet.export.onnx_export import export_onnx, graph_summary
     from swdet.export.strip import is_checkpoint, to_artifact
     from swdet.table import format_table
-    from swdet.trt_rules import check_tensorrt_compat, format_problems, has_errors
+    from swdet.deploy.trt_rules import check_tensorrt_compat, format_problems, has_errors
 
     src = Path(model)
     if not src.exists():

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 METADATA_KEY = "swdet"
 
 __all__ = ["METADATA_KEY", "decode_metadata", "validate_metadata", "parse_metadata", "metadata_text",
-           "read_onnx_metadata", "require_onnx_metadata", "set_onnx_metadata"]
+           "read_onnx_metadata", "require_onnx_metadata", "set_onnx_metadata", "baked_score_threshold",
+           "check_score_threshold"]
 
 
 def decode_metadata(text: str | None, source: str) -> dict | None:
@@ -72,12 +73,9 @@ def parse_metadata(text: str | None, source: str) -> dict:
 def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
     import onnx
 
-    if isinstance(model, onnx.ModelProto):
-        return model, "ONNX model"
-    try:
-        return onnx.load(str(model), load_external_data=False), str(model)
-    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
-        raise SwdetError(f"{model}: not a readable ONNX model ({type(e).__name__})") from None
+    from swdet.deploy.graph import load_onnx
+
+    return load_onnx(model), ("ONNX model" if isinstance(model, onnx.ModelProto) else str(model))
 
 
 def metadata_text(model: onnx.ModelProto) -> str | None:
@@ -108,3 +106,29 @@ def set_onnx_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
     model.metadata_props.extend(keep)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=json_default)
+
+
+# ----------------------------------------------------------------------------------------------
+# The score threshold baked into a deployed model
+
+
+def baked_score_threshold(meta: dict) -> float | None:
+    """The score threshold inside an exported graph or engine (``export.score_threshold``, else
+    the ``postprocess`` one); None when the metadata names none."""
+    exp = meta.get("export") or {}
+    for v in (exp.get("score_threshold"), (meta.get("postprocess") or {}).get("score_threshold")):
+        if v is not None:
+            return float(v)
+    return None
+
+
+def check_score_threshold(meta: dict, requested: float | None, source: str) -> None:
+    """A post-processing threshold is compiled into exported models; asking for another one
+    cannot be honoured at run time (a one-line error naming ``source``)."""
+    if requested is None:
+        return
+    baked = baked_score_threshold(meta)
+    if baked is None or abs(float(requested) - baked) <= 1e-9 * max(1.0, abs(baked)):
+        return
+    raise SwdetError(f"{source}: score threshold {baked:g} is baked into the exported graph, cannot run it at "
+                     f"{float(requested):g}; re-export with --score-threshold {float(requested):g}")

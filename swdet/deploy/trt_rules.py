@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from swdet.deploy.graph import default_opset, load_onnx
+
 OPSET_MIN, OPSET_MAX_10_0, OPSET_MAX = 9, 20, 24
 TOPK_MAX_K = 3840  # "K input must be less than 3840"
 NMS_TOPK_BOX_LIMIT = 5000  # INMSLayer TopK box limit (2000 on SM 5.3 / 6.2)
@@ -167,19 +169,6 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 def _name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"node#{index}"
-
-
-def _load(model) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    return onnx.load(str(Path(model)), load_external_data=False)
-
-
-def _opset(model: onnx.ModelProto, domain: str = "") -> int | None:
-    for o in model.opset_import:
-        if o.domain == domain or (domain == "" and o.domain == "ai.onnx"):
-            return int(o.version)
-    return None
 
 
 def _post_region(gr: _Graph) -> set[str]:
@@ -514,9 +503,9 @@ def _check_io(gr: _Graph, out: list[Problem]) -> None:
 def check_tensorrt_compat(model: onnx.ModelProto | str | Path) -> list[Problem]:
     """Static TensorRT 10 compatibility check of an ONNX model (path or proto); returns the
     problems, errors first."""
-    model = _load(model)
+    model = load_onnx(model)
     problems: list[Problem] = []
-    opset = _opset(model)
+    opset = default_opset(model)
     if opset is None:
         problems.append(Problem("error", "model", "", "no default-domain opset import"))
     elif opset < OPSET_MIN:
