@@ -19,7 +19,7 @@ Public API (imported lazily so ``import swdet.calib`` -- and ``swdet --help`` --
 
 from __future__ import annotations
 
-import importlib
+from swdet.lazy import lazy_exports
 
 _EXPORTS = {
     "calibrate": "swdet.calib.quantize",
@@ -43,13 +43,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'swdet.calib' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""Faster R-CNN to ONNX: the same I/O contract as RetinaNet (DESIGN.md, "ONNX contract").
+"""Faster R-CNN to ONNX: the same I/O contract as RetinaNet (docs/design.md, "ONNX contract").
 
 The graph is three parts joined by explicit ONNX nodes, each reproducing the torch code of
 :mod:`swdet.models.faster_rcnn` operation by operation, in float32:
@@ -37,48 +37,22 @@ stage); the box head, behind the proposal NMS, stays float like the rest of the 
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-import warnings
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, numpy_helper
-from swdet.export.onnx_postprocess import (
-    GraphBuilder,
-    anchor_constants,
-    build_nms,
-)
 from torch import nn
 
+from swdet.deploy.graph import static_reshapes, tidy_graph
 from swdet.errors import SwdetError
+from swdet.export.network import ExportSettings, export_dense, export_module, finish_graph, network_copy
+from swdet.export.onnx_postprocess import GraphBuilder, anchor_constants, build_nms
 
 MIN_RCNN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (half_pixel = aligned=True)
 BOX_PREFIX = "box/"
 LOWEST = float(np.finfo(np.float32).min)
-
-
-class _CastAfter(nn.Module):
-    def __init__(self, inner: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.inner, self.dtype = inner, dtype
-
-    def forward(self, x):
-        return self.inner(x).to(self.dtype)
-
-
-def _network_copy(model: nn.Module, precision: str) -> nn.Module:
-    """The detector in eval mode; for fp16 every child but the normalization in float16."""
-    if precision != "fp16":
-        return model.eval()
-    net = copy.deepcopy(model).float()
-    for name, child in net.named_children():
-        if name != "normalize":
-            child.half()
-    net.normalize = _CastAfter(net.normalize, torch.float16)
-    return net.eval()
 
 
 class DenseStage(nn.Module):
@@ -106,28 +80,6 @@ class BoxStage(nn.Module):
     def forward(self, pooled):
         cls, box = self.head(pooled.to(self.dtype))
         return cls.float(), box.float()
-
-
-def _export_module(net: nn.Module, example: torch.Tensor, names: list[str], dynamic: bool, opset: int,
-                   exporter: str) -> tuple[onnx.ModelProto, str]:
-    from swdet.export.onnx_export import _dynamo_export, _torchscript_export
-
-    order = {"auto": ["torchscript", "dynamo"], "torchscript": ["torchscript"], "dynamo": ["dynamo"]}.get(exporter)
-    if order is None:
-        raise ValueError(f"exporter {exporter!r}: choose auto, torchscript or dynamo")
-    failures = []
-    for which in order:
-        if which == "dynamo" and "dynamo" not in inspect.signature(torch.onnx.export).parameters:
-            failures.append("dynamo: not in this torch")
-            continue
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fn = _torchscript_export if which == "torchscript" else _dynamo_export
-                return fn(net, example, names, dynamic, opset), which
-        except Exception as e:  # noqa: BLE001 - try the next exporter, report all if none works
-            failures.append(f"{which}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
-    raise SwdetError(f"torch.onnx.export failed ({'; '.join(failures)})")
 
 
 def _decode(g: GraphBuilder, d: str, ctr: str, size: str, weights, clip: float, imgsz: int) -> str:
@@ -270,11 +222,8 @@ def build_detections(g: GraphBuilder, cls: str, box: str, proposals: str, valid_
     return boxes, top_s, classes, k
 
 
-def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "auto") -> onnx.ModelProto:
+def build_rcnn_onnx(model: nn.Module, meta: dict, settings: ExportSettings, exporter: str = "auto") -> onnx.ModelProto:
     """The complete, checked Faster R-CNN graph (network + post-processing + metadata)."""
-    from swdet.deploy.graph import static_reshapes, tidy_graph
-    from swdet.export.onnx_export import BATCH_DIM, _maybe_onnxsim, finish_graph
-
     from swdet.artifact import model_config_from_meta
     from swdet.models.anchors import generate_anchors
     from swdet.models.faster_rcnn import roi_levels
@@ -289,19 +238,12 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
     names_logit = [f"net/rpn_logits_p{lv}" for lv in levels]
     names_delta = [f"net/rpn_deltas_p{lv}" for lv in levels]
     names_feat = [f"net/features_p{lv}" for lv in rlevels]
-    net = _network_copy(model, settings.precision)
-    dynamic = settings.batch == "dynamic"
-    example = torch.rand(2 if dynamic else settings.batch, 3, settings.imgsz, settings.imgsz) * 255
-    proto, used = _export_module(DenseStage(net), example, names_logit + names_delta + names_feat, dynamic,
-                                 settings.opset, exporter)
-    settings.exporter = used
-    proto = _maybe_onnxsim(static_reshapes(tidy_graph(proto)))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), settings.opset)
-    settings.opset = int(opset)
+    net = network_copy(model, settings.precision)
+    proto = export_dense(DenseStage(net), settings, names_logit + names_delta + names_feat, exporter)
 
     pooled_example = torch.rand(3, cfg.fpn_channels, cfg.roi_size, cfg.roi_size)
-    box_proto, _ = _export_module(BoxStage(net, settings.precision), pooled_example, ["net/cls", "net/box"], True,
-                                  settings.opset, used)
+    box_proto, _ = export_module(BoxStage(net, settings.precision), pooled_example, ["net/cls", "net/box"], True,
+                                 settings.opset, settings.exporter)
     box_proto = static_reshapes(tidy_graph(box_proto))
     box_proto = onnx.compose.add_prefix(box_proto, BOX_PREFIX)
     box_in = box_proto.graph.input[0].name
@@ -315,13 +257,12 @@ def build_rcnn_onnx(model: nn.Module, meta: dict, settings, exporter: str = "aut
     boxes, scores, classes, k = build_detections(g2, box_cls, box_box, proposals, valid_f, r=r,
                                                  num_classes=cfg.num_classes, imgsz=settings.imgsz,
                                                  pre_nms_topk=settings.pre_nms_topk)
-    batch = BATCH_DIM if dynamic else settings.batch
     extra_vi = build_nms(g2, boxes, scores, classes, nms=settings.nms, num_candidates=k,
                          num_classes=cfg.num_classes, score_threshold=settings.score_threshold,
-                         nms_iou=settings.nms_iou, max_det=settings.max_det, batch=batch)
+                         nms_iou=settings.nms_iou, max_det=settings.max_det, batch=settings.batch_dim)
 
     parts = [(g1.nodes, g1.initializers), (box_proto.graph.node, box_proto.graph.initializer),
              (g2.nodes, g2.initializers)]
-    return finish_graph(proto, parts, meta, settings, batch, extra_vi,
+    return finish_graph(proto, parts, meta, settings, extra_vi,
                         doc="swdet detector (Faster R-CNN): images [B,3,S,S] RGB 0-255 -> num_dets, det_boxes, "
                             "det_scores, det_classes")

@@ -14,9 +14,9 @@ Accepted sources:
   "class_names": ..., "category_ids": ..., "stats": ..., ...}``).
 
 Nothing here imports ``swdet.train``: the checkpoint is read by core's
-:func:`swdet.artifact.read_checkpoint` (the reader the trainer uses too) and the Sampling-Free
-threshold ``θ = N_f / N`` (Sampling-Free Sec. 3.2) comes from core's
-:func:`swdet.artifact.threshold_record` (the record the trainer writes).
+:func:`swdet.artifact.read_checkpoint` (the reader the trainer uses too) and the score threshold
+(Sampling-Free's ``θ = N_f / N``, Sec. 3.2) is derived by core's
+:func:`swdet.artifact.derive_threshold`, the function the trainer uses.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from swdet.artifact import (
     WEIGHTS_NAME,
     atomic_write_bytes,
     load_artifact,
+    derive_threshold,
+    postprocess_with_threshold,
     read_checkpoint,
     resolve_artifact,
-    threshold_record,
 )
 from swdet.errors import SwdetError
 
@@ -74,16 +75,6 @@ def _detector_state(state: dict, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def threshold_from_checkpoint(cfg, stats: dict | None) -> dict:
-    """How the score threshold is derived (``model.json["threshold"]``), as the trainer does it:
-    Sampling-Free with ``adaptive_threshold`` and anchor statistics gives ``θ = N_f / N``;
-    everything else keeps ``postprocess.score_threshold``."""
-    adaptive = "sampling_free" in cfg.loss.method and cfg.methods.sampling_free.adaptive_threshold
-    if adaptive and stats and "num_fg" in stats and "num_all" in stats:
-        return threshold_record(int(stats["num_fg"]), int(stats["num_all"]))  # θ = N_f / N
-    return {"source": "default", "theta": cfg.postprocess.score_threshold}
-
-
 def load_checkpoint_detector(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the detector and its ``model.json`` metadata from a training checkpoint.
 
@@ -114,13 +105,10 @@ def load_checkpoint_detector(path: str | Path) -> tuple[nn.Module, dict]:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise SwdetError(f"{path}: model weights do not match the architecture in its config ({what})")
     try:
-        threshold = threshold_from_checkpoint(cfg, state.get("stats"))
+        threshold = derive_threshold(cfg, state.get("stats"))
     except SwdetError as e:
         raise SwdetError(f"{path}: {e}") from None
-    post = cfg.postprocess
-    if threshold["source"] == "sampling_free":
-        post.score_threshold = threshold["theta"]
-    meta = build_metadata(cfg.model, post, class_names=names, category_ids=ids, method=cfg.loss.method,
+    meta = build_metadata(cfg.model, postprocess_with_threshold(cfg.postprocess, threshold), class_names=names, category_ids=ids, method=cfg.loss.method,
                           threshold=threshold,
                           training={"iterations": int(state.get("iteration", 0)), "config": state["config"],
                                     "source": f"checkpoint {path.name}"})

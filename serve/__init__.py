@@ -18,7 +18,7 @@ Names are imported lazily (``import swdet.serve`` stays cheap).
 
 from __future__ import annotations
 
-import importlib
+from swdet.lazy import lazy_exports
 
 _EXPORTS = {
     "load_runtime": "swdet.serve.runtimes",
@@ -44,9 +44,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'swdet.serve' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

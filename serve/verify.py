@@ -191,6 +191,8 @@ def _init_diff(a: dict, b: dict) -> tuple[str, str]:
 
 
 def _structure_rows(a: OnnxSummary, b: OnnxSummary) -> list[VerifyRow]:
+    from swdet.artifact import input_size
+
     rows = []
     n_a, n_b = sum(a.ops.values()), sum(b.ops.values())
     rows.append(VerifyRow("graph ops", f"{n_a} nodes, {len(a.ops)} types", f"{n_b} nodes, {len(b.ops)} types",
@@ -203,8 +205,8 @@ def _structure_rows(a: OnnxSummary, b: OnnxSummary) -> list[VerifyRow]:
     rows.append(VerifyRow("parameters (model.json)", pa, pb,
                           "skipped" if pa is None or pb is None else ("same" if pa == pb else "differs"),
                           "" if pa is not None and pb is not None else "not recorded"))
-    size_a = (_fmt_shape(a.input_shape), int(a.meta["input"]["size"]))
-    size_b = (_fmt_shape(b.input_shape), int(b.meta["input"]["size"]))
+    size_a = (_fmt_shape(a.input_shape), input_size(a.meta))
+    size_b = (_fmt_shape(b.input_shape), input_size(b.meta))
     rows.append(VerifyRow("input", size_a[0], size_b[0], "same" if size_a == size_b else "differs"))
     ea, eb = a.export, b.export
     for key, label in (("precision", "precision"), ("nms", "nms mode"), ("batch", "batch")):

@@ -134,7 +134,7 @@ def build_metadata(model_cfg: ModelConfig, post: PostprocessConfig, *, class_nam
         "model": dataclasses.asdict(model_cfg),
         "classes": {"names": list(class_names), "category_ids": [int(c) for c in category_ids]},
         "input": {
-            "name": "images", "size": model_cfg.imgsz, "layout": "NCHW", "color": "RGB",
+            "name": "images", "layout": "NCHW", "color": "RGB",
             "dtype": "float32", "range": [0, 255], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "letterbox": {"align": "top-left", "pad_value": PAD_VALUE},
             "normalization": "in-graph",
@@ -192,6 +192,13 @@ def read_metadata(meta_path: str | Path) -> dict:
         raise SwdetError(f"{meta_path}: written by a newer swdet (format_version "
                          f"{meta['format_version']}); upgrade swdet")
     return meta
+
+
+def input_size(meta: dict) -> int:
+    """The square input size S of a model description: ``model.imgsz``, the one field every
+    stage reads (a ``model.json`` written before it was the only one also has ``input.size``)."""
+    model = meta.get("model") or {}
+    return int(model["imgsz"] if "imgsz" in model else meta["input"]["size"])
 
 
 def model_config_from_meta(meta: dict, source: str = "model.json") -> ModelConfig:
@@ -258,6 +265,25 @@ def read_checkpoint(path: str | Path, map_location="cpu", *, require: tuple[str,
     if missing:
         raise SwdetError(f"{path}: not an swdet training checkpoint (no {missing[0]!r} entry)")
     return state
+
+
+def derive_threshold(cfg, stats: dict | None) -> dict:
+    """``model.json["threshold"]``: how the score threshold is derived, decided here for the
+    trainer and for ``swdet export`` of a checkpoint alike. Sampling-Free with
+    ``methods.sampling_free.adaptive_threshold`` and anchor statistics gives ``θ = N_f / N``
+    (:func:`threshold_record`); every other run keeps ``postprocess.score_threshold``."""
+    adaptive = "sampling_free" in cfg.loss.method and cfg.methods.sampling_free.adaptive_threshold
+    if adaptive and stats and "num_fg" in stats and "num_all" in stats:
+        return threshold_record(int(stats["num_fg"]), int(stats["num_all"]))  # θ = N_f / N
+    return {"source": "default", "theta": cfg.postprocess.score_threshold}
+
+
+def postprocess_with_threshold(post: PostprocessConfig, threshold: dict) -> PostprocessConfig:
+    """A copy of ``post`` whose score threshold is the derived one (:func:`derive_threshold`)."""
+    out = dataclasses.replace(post)
+    if threshold.get("source") == "sampling_free":
+        out.score_threshold = float(threshold["theta"])
+    return out
 
 
 def threshold_record(num_fg: int, num_all: int) -> dict:

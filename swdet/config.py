@@ -474,20 +474,31 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
+def check_imgsz(value, where: str) -> int:
+    """The square input size rule, the one place it is stated: an integer multiple of 32 (the
+    largest FPN stride every level divides), at least 64. Returns it; a one-line error naming
+    ``where`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 64 or value % 32:
+        raise SwdetError(f"{where} {value!r}: must be a multiple of 32, at least 64")
+    return value
+
+
 def validate(cfg: Config, source: str = "config") -> None:
     """Value checks that types alone do not catch."""
+    check_imgsz(cfg.model.imgsz, f"{source}: model.imgsz")
+    from swdet.architectures import ARCHITECTURES, levels_ok
+
     m, t, r = cfg.model, cfg.train, cfg.rcnn
-    two_stage = m.arch == "faster_rcnn"
+    if m.arch not in ARCHITECTURES:
+        raise SwdetError(f"{source}: model.arch must be {' or '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[m.arch]
+    two_stage = arch.two_stage
     checks = [
-        (m.arch in ("retinanet", "faster_rcnn"), "model.arch", "retinanet or faster_rcnn"),
         (m.backbone in ("tiny", "resnet18", "resnet34", "resnet50"), "model.backbone",
          "tiny, resnet18, resnet34 or resnet50"),
-        (m.imgsz >= 64 and m.imgsz % 32 == 0, "model.imgsz", "a multiple of 32, at least 64"),
         (m.head_norm in ("none", "gn"), "model.head_norm", "none or gn"),
         (m.backbone_norm in ("bn", "frozen_bn"), "model.backbone_norm", "bn or frozen_bn"),
-        (3 <= m.min_level <= m.max_level <= 7 if not two_stage else 2 <= m.min_level <= min(m.max_level, 5)
-         and m.max_level <= 7, "model.min_level/max_level",
-         "3 <= min <= max <= 7" if not two_stage else "2 <= min <= 5, min <= max <= 7"),
+        (levels_ok(arch, m.min_level, m.max_level), "model.min_level/max_level", arch.level_rule),
         (0 < m.prior_prob < 1, "model.prior_prob", "in (0, 1)"),
         (t.iters >= 0, "train.iters", "non-negative"),
         (t.epochs >= 0, "train.epochs", "non-negative"),

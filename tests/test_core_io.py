@@ -216,3 +216,30 @@ def test_batched_box_iou_equals_box_iou_per_row():
     for i in range(3):
         assert torch.allclose(got[i], box_iou(a[i], b[i]))
     assert torch.equal(got[0, :, 0], torch.zeros(5))
+
+
+def test_one_input_size_field_and_older_model_json_still_read(tmp_path):
+    """model.json stores the input size once (model.imgsz); files written when it also had
+    input.size, or (hand-written sidecars) only that, still read the same."""
+    from swdet.artifact import build_metadata, input_size
+    from swdet.config import PostprocessConfig, model_preset
+    from swdet.serve.runtimes.base import Runtime
+
+    cfg = model_preset("retinanet_tiny")
+    cfg.imgsz = 96
+    meta = build_metadata(cfg, PostprocessConfig(), class_names=["a"], category_ids=[1], method=["focal"])
+    assert meta["model"]["imgsz"] == 96 and "size" not in meta["input"]
+    old = {**meta, "input": {**meta["input"], "size": 96}}
+    for m in (meta, old, {"format": "swdet-model", "input": {"size": 96}}):
+        assert input_size(m) == 96 and Runtime(m, "m").imgsz == 96
+
+
+def test_imgsz_rule_is_stated_once():
+    from swdet.config import check_imgsz, load_config
+
+    assert check_imgsz(320, "--imgsz") == 320
+    for bad in (100, 32, True, 320.0):
+        with pytest.raises(SwdetError, match="must be a multiple of 32, at least 64"):
+            check_imgsz(bad, "--imgsz")
+    with pytest.raises(SwdetError, match=r"--set: model.imgsz 100: must be a multiple of 32"):
+        load_config(None, ["model.imgsz=100"])

@@ -132,7 +132,7 @@ def test_metadata_props_roundtrip(artifact, dynamic_onnx):
     assert json.loads(props["swdet"]) == stored
     for key in ("format", "classes", "threshold", "training", "model"):
         assert stored[key] == meta[key]
-    assert stored["input"]["size"] == IMGSZ
+    assert stored["model"]["imgsz"] == IMGSZ and "size" not in stored["input"]  # one input-size field
     exp = stored["export"]
     assert exp["score_threshold"] == pytest.approx(meta["postprocess"]["score_threshold"])
     assert (exp["nms"], exp["precision"], exp["batch"], exp["opset"], exp["imgsz"]) == ("onnx", "fp32", "dynamic", 17, IMGSZ)
@@ -231,7 +231,7 @@ def test_many_candidates_small_max_det(artifact, tmp_path):
 def test_imgsz_override_regenerates_anchors(artifact, tmp_path):
     size = 160
     path = export_onnx(artifact, tmp_path / "s160.onnx", imgsz=size)
-    assert read_onnx_metadata(path)["input"]["size"] == size
+    assert read_onnx_metadata(path)["model"]["imgsz"] == size
     model, meta = load_artifact(artifact)
     model = copy.deepcopy(model)
     model.cfg.imgsz = size  # the Predictor builds its anchors for cfg.imgsz

@@ -197,7 +197,7 @@ def test_tensorrt_sidecar_checks():
     engine = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
               "input": {"name": "images", "min": [1, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [32, 3, 64, 64]}}
     m, info = split_sidecar({**meta, "engine": engine}, "e.json")  # the layout swdet export writes
-    assert m["input"]["size"] == 64 and "engine" not in m and info["compute_capability"] == "9.0"
+    assert m["model"]["imgsz"] == 64 and "engine" not in m and info["compute_capability"] == "9.0"
     check(info, "10.3.0", "NVIDIA H100", "9.0")
     with pytest.raises(SwdetError, match=r"built with TensorRT 10.3.0, this machine has TensorRT 10.4.0; rebuild"):
         check(info, "10.4.0", "NVIDIA H100", "9.0")

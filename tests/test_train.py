@@ -30,7 +30,7 @@ def test_run_directory_contract(tiny_run):
     for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         assert metrics[k] is None or 0.0 <= metrics[k] <= 1.0
     meta = json.loads((tiny_run / "model.json").read_text())
-    assert meta["input"]["size"] == 128 and meta["training"]["method"] == ["focal"]
+    assert meta["model"]["imgsz"] == 128 and "size" not in meta["input"] and meta["training"]["method"] == ["focal"]
     assert len(meta["classes"]["names"]) == len(meta["classes"]["category_ids"]) > 1
 
 

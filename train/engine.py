@@ -33,7 +33,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from swdet.artifact import atomic_write_json, build_metadata, save_artifact, threshold_record
+from swdet.artifact import (
+    atomic_write_json,
+    build_metadata,
+    derive_threshold,
+    postprocess_with_threshold,
+    save_artifact,
+)
 from swdet.config import Config
 from swdet.errors import SwdetError, TrainingDiverged
 from swdet.models import build_model, count_parameters
@@ -529,18 +535,10 @@ class Trainer:
         return Predictor(self.module.detector, self.postprocess_config(), self.device)
 
     def postprocess_config(self):
-        import copy
-
-        post = copy.deepcopy(self.cfg.postprocess)
-        theta = self.threshold_info()
-        if theta["source"] == "sampling_free":
-            post.score_threshold = theta["theta"]
-        return post
+        return postprocess_with_threshold(self.cfg.postprocess, self.threshold_info())
 
     def threshold_info(self) -> dict:
-        if self.methods.sets_threshold and self.stats:
-            return threshold_record(self.stats["num_fg"], self.stats["num_all"])
-        return {"source": "default", "theta": self.cfg.postprocess.score_threshold}
+        return derive_threshold(self.cfg, self.stats)
 
     def evaluate(self, progress: bool = True) -> dict:
         if self.val_set is None:

@@ -58,9 +58,8 @@ class RetinaNetLoss:
 
 
 def build_detector_loss(cfg, methods, device):
-    """The detector loss for ``cfg.model.arch``."""
-    if cfg.model.arch == "faster_rcnn":
-        from swdet.train.rcnn_loss import FasterRCNNLoss
+    """The detector loss for ``cfg.model.arch`` (its row's ``train_loss`` in
+    :data:`swdet.architectures.ARCHITECTURES`)."""
+    from swdet.architectures import architecture, load
 
-        return FasterRCNNLoss(cfg, methods, device)
-    return RetinaNetLoss(cfg, methods, device)
+    return load(architecture(cfg.model.arch).train_loss)(cfg, methods, device)

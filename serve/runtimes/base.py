@@ -28,7 +28,9 @@ class Runtime:
     # -- metadata --------------------------------------------------------------------------
     @property
     def imgsz(self) -> int:
-        return int(self.meta["input"]["size"])
+        from swdet.artifact import input_size
+
+        return input_size(self.meta)
 
     @property
     def class_names(self) -> list[str]:

@@ -9,20 +9,16 @@ from torch import Tensor, nn
 from swdet.boxes import BoxCoder
 from swdet.models.anchors import generate_anchors
 from swdet.models.postprocess import retinanet_postprocess
-from swdet.models.retinanet import RetinaNet
 
 RETINANET_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
 def build_model(cfg) -> nn.Module:
-    """The detector for a :class:`swdet.config.ModelConfig`."""
-    if cfg.arch == "retinanet":
-        return RetinaNet(cfg)
-    if cfg.arch == "faster_rcnn":
-        from swdet.models.faster_rcnn import FasterRCNN
+    """The detector for a :class:`swdet.config.ModelConfig` (its row's ``model`` in
+    :data:`swdet.architectures.ARCHITECTURES`)."""
+    from swdet.architectures import architecture, load
 
-        return FasterRCNN(cfg)
-    raise ValueError(f"unknown architecture {cfg.arch!r}")
+    return load(architecture(cfg.arch).model)(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
