@@ -196,3 +196,19 @@ def test_retinanet_step_does_not_synchronize_on_cuda(synth_data, tmp_path):
             trainer.step(images.pin_memory(), assign.pin_memory(), i + 2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_eval_finds_the_val_split_under_data_like_train(tiny_run, synth_data, tmp_path, capsys):
+    by_dir, by_files = tmp_path / "dir.json", tmp_path / "files.json"
+    assert main(["eval", str(tiny_run), "--data", str(synth_data), "--device", "cpu", "--quiet",
+                 "--json", str(by_dir)]) == 0
+    assert main(["eval", str(tiny_run), "--ann", str(synth_data / "annotations" / "instances_val.json"),
+                 "--images", str(synth_data / "val"), "--device", "cpu", "--quiet", "--json", str(by_files)]) == 0
+    a, b = json.loads(by_dir.read_text()), json.loads(by_files.read_text())
+    assert a["AP"] == b["AP"] and a["num_images"] == b["num_images"] == 12
+    capsys.readouterr()
+    assert main(["eval", str(tiny_run), "--data", str(synth_data), "--ann", "x.json"]) == 2
+    assert main(["eval", str(tiny_run)]) == 2
+    assert main(["eval", str(tiny_run), "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "not both" in err[0] and "--data DIR" in err[1] and "data directory not found" in err[2]

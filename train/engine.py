@@ -1,6 +1,11 @@
 """The training engine: one loop for every detector, method, device and process count.
 
-``train(cfg, out_dir, resume=False)`` writes the run directory of DESIGN.md:
+Around it: :mod:`~swdet.train.distributed` (the process context and seeding),
+:mod:`~swdet.train.schedule` (learning rate, autocast), :mod:`~swdet.train.runlog`
+(``log.jsonl``), :mod:`~swdet.train.checkpoint` (writing checkpoints, RNG states); datasets are
+found by the data layer (:func:`swdet.data.find_split`).
+
+``train(cfg, out_dir, resume=False)`` writes the run directory of docs/design.md:
 
 - ``checkpoints/last.pt``: full training state, written atomically every ``ckpt_every``
   iterations and at the end (model, weighting networks, optimizers, scheduler, scaler,
@@ -18,17 +23,12 @@ Faster R-CNN step has one (the positive RoIs' selection; see :mod:`swdet.train.r
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -41,95 +41,15 @@ from swdet.artifact import (
     save_artifact,
 )
 from swdet.config import Config
+from swdet.data.splits import find_split
 from swdet.errors import SwdetError, TrainingDiverged
 from swdet.models import build_model, count_parameters
 from swdet.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from swdet.train.distributed import all_gather, seed_everything, setup_distributed
 from swdet.train.methods import MethodSet, build_methods
 from swdet.train.retina_loss import build_detector_loss
-
-
-# ----------------------------------------------------------------------------------------------
-# Devices, processes, seeds
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SwdetError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(name)
-
-
-def setup_runtime(device_name: str) -> Runtime:
-    """Single process, or the process group ``torchrun`` describes (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Runtime(resolve_device(device_name))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        import datetime
-
-        # long timeout: rank 0 evaluates alone while the others wait at a barrier
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(hours=2))
-    return Runtime(device, rank, world, local)
-
-
-def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-# ----------------------------------------------------------------------------------------------
-# Schedule
-
-
-def lr_factor(it: int, total: int, cfg) -> float:
-    """Linear warmup from ``warmup_factor``, then step decay (``gamma`` at each fraction in
-    ``steps``) or cosine to zero. ``it`` counts from 0."""
-    warm = 1.0
-    if it < cfg.warmup_iters:
-        alpha = it / max(1, cfg.warmup_iters)
-        warm = cfg.warmup_factor * (1 - alpha) + alpha
-    if cfg.schedule == "cosine":
-        return warm * 0.5 * (1 + math.cos(math.pi * min(it, total) / max(1, total)))
-    milestones = [round(s * total) if s <= 1 else int(s) for s in cfg.steps]
-    return warm * cfg.gamma ** sum(it >= m for m in milestones)
-
-
-def amp_dtype(cfg_amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg_amp == "none":
-        return None
-    if cfg_amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg_amp]
+from swdet.train.runlog import Accumulator, JsonlLog
+from swdet.train.schedule import amp_dtype, lr_factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,102 +77,12 @@ class TrainModule(nn.Module):
 # Data
 
 
-def find_split(cfg: Config, split: str) -> tuple[Path, Path]:
-    """``(annotation file, image folder)`` for ``train``/``val`` from ``data.*`` or ``data.root``."""
-    d = cfg.data
-    ann, images = (d.train_ann, d.train_images) if split == "train" else (d.val_ann, d.val_images)
-    if ann and images:
-        return Path(ann), Path(images)
-    if not d.root:
-        raise SwdetError("no dataset given: pass --data DIR (run `swdet data synth --out DIR` for the "
-                         "embedded synthetic default)")
-    root = Path(d.root)
-    if not root.is_dir():
-        raise SwdetError(f"{root}: data directory not found")
-    for name in (split, f"{split}2017"):
-        a = root / "annotations" / f"instances_{name}.json"
-        if a.is_file():
-            img = Path(images) if images else root / name
-            if not img.is_dir() and (root / "images" / name).is_dir():
-                img = root / "images" / name
-            if not img.is_dir():
-                raise SwdetError(f"{img}: image folder for {a.name} not found")
-            return Path(ann) if ann else a, img
-    raise SwdetError(f"{root}: no annotations/instances_{split}.json or instances_{split}2017.json")
-
-
 def build_dataset(cfg: Config, split: str, train: bool):
     from swdet.data.coco import CocoDetection
 
-    ann, images = find_split(cfg, split)
+    ann, images = find_split(cfg.data, split)
     return CocoDetection(ann, images, imgsz=cfg.model.imgsz, train=train, hflip=cfg.data.hflip,
                          scale_jitter=tuple(cfg.data.scale_jitter), seed=cfg.train.seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# Logging helpers
-
-
-class JsonlLog:
-    """``log.jsonl`` (one object per logged step), mirrored to TensorBoard events when the
-    ``tensorboard`` package is installed (``pip install "swdet[tensorboard]"``)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:  # tensorboard not installed: the JSON log is the record
-                self.tb = None
-
-    def truncate_after(self, iteration: int) -> None:
-        """On resume, drop records past the checkpoint so the log has no duplicated iterations."""
-        if not self.enabled or not self.path.is_file():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("iter", 0) <= iteration:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-        self.path.write_text("".join(line + "\n" for line in keep))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.tb is not None and "iter" in record:
-                for k, v in record.items():
-                    if isinstance(v, (int, float)) and k not in ("iter", "epoch"):
-                        self.tb.add_scalar(k, v, record["iter"])
-                self.tb.flush()
-
-
-@dataclass
-class Accumulator:
-    """Device-side running sums of the logged quantities (read every ``log_every`` steps)."""
-
-    sums: dict = field(default_factory=dict)
-    count: int = 0
-
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for k, v in values.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        if not self.sums:
-            return {}
-        keys = list(self.sums)
-        vals = torch.stack([self.sums[k].reshape(()) for k in keys]).cpu().tolist()  # one sync
-        out = {k: v / max(1, self.count) for k, v in zip(keys, vals)}
-        self.sums, self.count = {}, 0
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,13 +95,13 @@ class Trainer:
         self.out = Path(out_dir)
         self.resume = resume
         self.progress = progress
-        self.rt = setup_runtime(cfg.train.device)
-        self.device = self.rt.device
-        seed_everything(cfg.train.seed + self.rt.rank, cfg.train.deterministic, self.device)
+        self.ctx = setup_distributed(cfg.train.device)
+        self.device = self.ctx.device
+        seed_everything(cfg.train.seed + self.ctx.rank, cfg.train.deterministic, self.device)
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
-        cfg, rt = self.cfg, self.rt
+        cfg, rt = self.cfg, self.ctx
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
         if self.resume and not self.ckpt_path.is_file():
             raise SwdetError(f"{self.ckpt_path}: nothing to resume (no checkpoint in {self.out})")
@@ -396,22 +226,18 @@ class Trainer:
         self.loss.load_state_dict(state.get("loss", {}))
         rng = state["rng"]
         if isinstance(rng, list):  # one state per DDP rank
-            rng = rng[self.rt.rank] if self.rt.rank < len(rng) else rng[0]
+            rng = rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0]
         set_rng_state(rng)
         self.history = state.get("history", self.history)
         self.start_iter = int(state["iteration"])
 
     def _all_rng_states(self):
         """Every rank's RNG state (a list under DDP, so each rank resumes its own stream)."""
-        if not self.rt.distributed:
-            return rng_state()
-        states = [None] * self.rt.world_size
-        dist.all_gather_object(states, rng_state())
-        return states
+        return all_gather(self.ctx, rng_state()) if self.ctx.distributed else rng_state()
 
     def save(self, iteration: int) -> None:
         state = self._state(iteration)  # every rank takes part (the RNG gather is collective)
-        if self.rt.is_main:
+        if self.ctx.is_main:
             save_checkpoint(self.ckpt_path, state)
 
     # -- the step ----------------------------------------------------------------------------
@@ -460,7 +286,7 @@ class Trainer:
 
         from swdet.data.loader import iterate_batches
 
-        cfg, rt = self.cfg, self.rt
+        cfg, rt = self.cfg, self.ctx
         self.module.train()
         start = self.start_iter
         acc = Accumulator()
@@ -568,7 +394,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     trainer.setup()
     summary = trainer.fit()
     result: dict = {"out": str(trainer.out), **summary}
-    if trainer.rt.is_main:
+    if trainer.ctx.is_main:
         trainer.write_artifact()
         if evaluate and trainer.val_set is not None:
             from swdet.evaluation import plot_pr_curve, write_metrics_json, write_predictions_json
@@ -589,7 +415,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         from swdet.train.plots import plot_run
 
         plot_run(trainer.out)
-    if trainer.rt.distributed:
+    if trainer.ctx.distributed:
         dist.barrier()
         dist.destroy_process_group()
     return result

@@ -34,7 +34,7 @@ def cli() -> None:
     Stages:
       swdet data synth --out data/synth
       swdet train --data data/synth --model retinanet_tiny --method pisa --iters 3000
-      swdet eval runs/retinanet_tiny_pisa --ann data/synth/annotations/instances_val.json --images data/synth/val
+      swdet eval runs/retinanet_tiny_pisa --data data/synth
       swdet export runs/retinanet_tiny_pisa --format onnx --out pisa.onnx
     """
 

@@ -8,23 +8,42 @@ from pathlib import Path
 import click
 
 from swdet.cli.common import CONTEXT
+from swdet.errors import SwdetError
+
+
+def _eval_split(data_root, ann, images) -> tuple:
+    """``(annotation file, image folder)`` from ``--data DIR`` (its val split, found as ``swdet
+    train`` finds it) or from ``--ann`` and ``--images``."""
+    if data_root:
+        if ann or images:
+            raise SwdetError("--data DIR or --ann/--images, not both")
+        from swdet.config import DataConfig
+        from swdet.data.splits import find_split
+
+        return find_split(DataConfig(root=str(data_root)), "val")
+    if not (ann and images):
+        raise SwdetError("what to evaluate on: pass --data DIR (its val split) or --ann FILE and --images DIR")
+    return ann, images
 
 
 @click.command("eval", context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
-@click.option("--ann", required=True, type=click.Path(), help="COCO annotation JSON of the evaluation images.")
-@click.option("--images", required=True, type=click.Path(), help="Folder of the evaluation images.")
+@click.option("--data", "data_root", type=click.Path(),
+              help="COCO-format dataset folder, as for train: evaluates its val split.")
+@click.option("--ann", type=click.Path(), help="COCO annotation JSON of the evaluation images (instead of --data).")
+@click.option("--images", type=click.Path(), help="Folder of the evaluation images (with --ann).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write COCO stats (fractions) here.")
 @click.option("--predictions", type=click.Path(dir_okay=False), help="Write detections (COCO results format) here.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--score-threshold", type=float, help="Override the model's score threshold (torch runtime).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(model, ann, images, json_out, predictions, device, batch_size, score_threshold, quiet):
+def eval_cmd(model, data_root, ann, images, json_out, predictions, device, batch_size, score_threshold, quiet):
     """COCO box mAP of a model (run directory, .safetensors, .onnx or .engine).
 
     \b
     Examples:
+      swdet eval runs/pisa --data data/synth
       swdet eval runs/pisa --ann data/synth/annotations/instances_val.json --images data/synth/val
       swdet eval pisa.onnx --ann coco/annotations/instances_val2017.json --images coco/val2017 --json m.json
     """
@@ -32,6 +51,7 @@ def eval_cmd(model, ann, images, json_out, predictions, device, batch_size, scor
     from swdet.inference import evaluate_runtime
     from swdet.serve.runtimes import load_runtime
 
+    ann, images = _eval_split(data_root, ann, images)
     rt = load_runtime(model, device=device, score_threshold=score_threshold)
     result, preds, dataset = evaluate_runtime(rt, ann, images, batch_size=batch_size, progress=not quiet)
     click.echo(format_eval_table(result, title=f"{model} ({rt.name}, {rt.device_name})"))

@@ -7,6 +7,7 @@ The ``swdet data`` commands live in the command line, :mod:`swdet.cli.data`.
 from .coco import CocoDetection, DataWarning, read_coco_json
 from .image import IMAGE_EXTENSIONS, ImageDecodeError, decode_bytes, image_size, load_image, to_rgb
 from .letterbox import PAD_VALUE, Letterbox, letterbox_image
+from .splits import find_split
 from .loader import (
     BatchStream,
     ResumableBatchSampler,
@@ -41,6 +42,7 @@ __all__ = [
     "collate",
     "convert_yolo",
     "decode_bytes",
+    "find_split",
     "hflip_boxes",
     "image_size",
     "iterate_batches",
