@@ -340,7 +340,7 @@ def build_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, nms: st
 
 
 def output_value_infos(batch: int | str, max_det: int) -> list[onnx.ValueInfoProto]:
-    """The contract outputs (DESIGN.md, "ONNX contract")."""
+    """The contract outputs (docs/design.md, "ONNX contract")."""
     return [
         helper.make_tensor_value_info("num_dets", TensorProto.INT32, [batch, 1]),
         helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [batch, max_det, 4]),

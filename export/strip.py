@@ -1,6 +1,6 @@
 """Stripping: from whatever training left behind to the deployable detector alone.
 
-DESIGN.md, "Data flow and contracts" 3: the exported ``nn.Module`` is the detector (backbone,
+docs/design.md, "Data flow and contracts" 3: the exported ``nn.Module`` is the detector (backbone,
 neck, heads) and nothing else. Weighting networks (SWN), their optimizers and loss state live in
 ``swdet.train`` and are saved only in ``checkpoints/``; this module is where a checkpoint is
 turned into the artifact (``model.safetensors`` + ``model.json``) without them.

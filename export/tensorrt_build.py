@@ -1,6 +1,6 @@
 """TensorRT engine building (TensorRT 10 / 11 Python API, strongly typed networks).
 
-Precision comes from the ONNX graph (DESIGN.md, "Conventions: TensorRT"): FP16 casts from
+Precision comes from the ONNX graph (docs/design.md, "Conventions: TensorRT"): FP16 casts from
 ``--precision fp16``, INT8 Q/DQ nodes from ``swdet calib``. The network is created with the
 ``STRONGLY_TYPED`` flag (explicit batch is implicit in TensorRT 10), so no FP16/INT8 builder
 flags and no calibrators are used (TensorRT 11 removed both).

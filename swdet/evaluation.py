@@ -516,7 +516,7 @@ def format_eval_table(result: EvalResult, title: str | None = "COCO bbox evaluat
 def write_metrics_json(
     path: str | os.PathLike, result: EvalResult, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write the metrics file (DESIGN.md "Metrics files") atomically.
+    """Write the metrics file (docs/design.md "Metrics files") atomically.
 
     Top-level keys: ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl`` (fractions
     in [0, 1], ``null`` where undefined), ``per_class`` (list of ``{category_id, name, AP,

@@ -1,4 +1,4 @@
-"""Host-side pre- and post-processing shared by every runtime (DESIGN.md, "Runtimes": host code
+"""Host-side pre- and post-processing shared by every runtime (docs/design.md, "Runtimes": host code
 does decode, letterbox and the mapping back to image coordinates, once, for all runtimes).
 
 Core, not ``swdet.serve``: ``swdet predict``, ``swdet.calib`` (calibration images go through

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COCO128 = REPO.parent / "shared" / "data" / "coco128"
+# A real COCO-format sample (coco128: annotations/instances_val2017.json + val2017/) for the few
+# tests that want real images: the folder named by SWDET_COCO128; those tests skip without it.
+COCO128 = Path(os.environ.get("SWDET_COCO128") or "no-coco128-given")
+NO_COCO128 = "coco128 not given (set SWDET_COCO128 to its folder)"
 
 # Keep the suite inside 2 cores: no oversubscription from nested thread pools.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -42,7 +45,7 @@ def tiny_run(synth_data, tmp_path_factory) -> Path:
 def assert_layer_boundary(code: str, package: str, forbidden: tuple[str, ...]) -> None:
     """``code`` (which prints ``BAD <sorted forbidden modules it loaded>``) runs in a fresh
     interpreter and loads none of ``forbidden``; no ``import`` line under ``package`` names one
-    (DESIGN.md, Layout: dependencies point one way)."""
+    (docs/design.md, Layout: dependencies point one way)."""
     import importlib
     import subprocess
     import sys

@@ -287,7 +287,7 @@ def test_export_check_only_accepts_the_int8_model(int8):
 
 def test_calib_never_imports_export_serve_or_train(fp32_onnx, calib_images, tmp_path):
     """calib may be imported by export, so it must not import export (a cycle), nor serve or
-    train (DESIGN.md, Layout): what it shares with them is core (swdet.deploy.onnx_meta,
+    train (docs/design.md, Layout): what it shares with them is core (swdet.deploy.onnx_meta,
     swdet.deploy.trt_rules, swdet.preprocess)."""
     from conftest import assert_layer_boundary
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import COCO128, NO_COCO128
+
 from swdet.data import CocoDetection, DataWarning, build_loader, iterate_batches
 from swdet.errors import SwdetError
 
 REPO = Path(__file__).resolve().parents[1]
-COCO128 = REPO.parent / "shared" / "data" / "coco128"
 
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 1, "name": "bird"}]
 
@@ -436,7 +437,7 @@ def test_eval_mode_has_no_randomness(tmp_path, images_dir):
 
 
 # ----------------------------------------------------------------------------- real photos
-@pytest.mark.skipif(not COCO128.is_dir(), reason="../shared/data/coco128 not present")
+@pytest.mark.skipif(not COCO128.is_dir(), reason=NO_COCO128)
 def test_coco128_val_loads_and_boxes_inside_canvas():
     ds = CocoDetection(COCO128 / "annotations" / "instances_val2017.json", COCO128 / "val2017", imgsz=320)
     assert len(ds) == 128 and ds.num_classes == 80 and ds.category_ids[-1] == 90

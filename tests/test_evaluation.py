@@ -14,6 +14,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from conftest import COCO128, NO_COCO128
+
 from swdet.errors import MissingDependency, SwdetError
 from swdet.evaluation import (
     STAT_KEYS,
@@ -29,10 +31,7 @@ from swdet.evaluation import (
     write_predictions_json,
 )
 
-COCO128_VAL = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128" / "annotations"
-    / "instances_val2017.json"
-)
+COCO128_VAL = COCO128 / "annotations" / "instances_val2017.json"
 CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "disk"}, {"id": 12, "name": "triangle"}]
 # (min side, max side) of small (< 32²), medium and large (> 96²) boxes
 SIZES = [(6, 28), (36, 90), (110, 260)]
@@ -423,7 +422,7 @@ def test_eval_result_is_a_dataclass_with_documented_fields(synth):
     assert (cid, name) == (3, "square")
 
 
-@pytest.mark.skipif(not COCO128_VAL.is_file(), reason="../shared/data/coco128 not present")
+@pytest.mark.skipif(not COCO128_VAL.is_file(), reason=NO_COCO128)
 def test_coco128_ground_truth_as_predictions_gives_ap_one():
     # coco128's `area` is the box area, which is also what loadRes gives a detection, so the GT
     # boxes fall in the same area range as their detections and every AP is exactly 1.

@@ -1,6 +1,6 @@
 """ONNX export with baked post-processing: the graph follows the contract, passes the ONNX
 checker, carries the metadata, and ONNX Runtime gives the same detections as the torch
-Predictor on random-weights models (DESIGN.md, "ONNX contract")."""
+Predictor on random-weights models (docs/design.md, "ONNX contract")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stripping (DESIGN.md, "Data flow and contracts" 3): a training checkpoint becomes an artifact
+"""Stripping (docs/design.md, "Data flow and contracts" 3): a training checkpoint becomes an artifact
 and an ONNX graph holding the detector alone -- the SWN weighting network and everything else
 training-only never reach either -- and exporting needs no ``swdet.train``."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import COCO128, NO_COCO128
 from test_serve_helpers import export_onnx, make_artifact, make_toy_onnx, toy_meta
 
 from swdet.errors import MissingDependency, SwdetError
@@ -261,7 +262,7 @@ def test_onnx_file_can_be_copied_and_loaded_elsewhere(models, tmp_path):
 
 
 def test_serve_never_imports_train_or_export(tmp_path):
-    """A deployed model needs neither swdet.train nor swdet.export (DESIGN.md, Layout)."""
+    """A deployed model needs neither swdet.train nor swdet.export (docs/design.md, Layout)."""
     from conftest import assert_layer_boundary
 
     toy = make_toy_onnx(tmp_path / "toy.onnx")
@@ -280,7 +281,7 @@ print("BAD", bad)
     assert_layer_boundary(code, "swdet.serve", ("swdet.train", "swdet.export"))
 
 
-COCO128_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco128" / "val2017"
+COCO128_VAL = COCO128 / "val2017"
 
 
 def _match_fraction(ref: dict, out: dict, iou_min: float = 0.95, score_tol: float = 0.01) -> tuple[int, int]:
@@ -308,9 +309,9 @@ def _match_fraction(ref: dict, out: dict, iou_min: float = 0.95, score_tol: floa
     return matched, total
 
 
-@pytest.mark.skipif(not COCO128_VAL.is_dir(), reason="../shared/data/coco128 not present")
+@pytest.mark.skipif(not COCO128_VAL.is_dir(), reason=NO_COCO128)
 def test_onnxruntime_matches_torch_on_real_photos(tmp_path):
-    """DESIGN.md, deploy acceptance: on the coco128 val photos >= 99 % of the PyTorch detections
+    """docs/design.md, deploy acceptance: on the coco128 val photos >= 99 % of the PyTorch detections
     are matched by ONNX Runtime (same class, IoU >= 0.95, score within 0.01), through the host
     decode + letterbox every runtime shares, with the dynamic batch at 8 and a ragged last batch."""
     from swdet.data.image import load_image

@@ -1,7 +1,7 @@
 """ONNX Runtime: runs the exported graph (post-processing baked in) on CPU or, with the optional
 ``onnxruntime-gpu`` package, on CUDA / TensorRT execution providers.
 
-The model file must follow the ONNX contract of DESIGN.md (section 4): input ``images`` float32
+The model file must follow the ONNX contract of docs/design.md (section 4): input ``images`` float32
 ``[B, 3, S, S]`` (RGB 0-255), outputs ``num_dets``, ``det_boxes``, ``det_scores``,
 ``det_classes``, and ``model.json`` stored as JSON under the key ``swdet`` of the graph's
 ``metadata_props`` (with an ``export`` sub-dict: score_threshold, nms, precision, batch, opset,

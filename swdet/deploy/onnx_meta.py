@@ -1,4 +1,4 @@
-"""The ``model.json`` metadata stored inside an exported ONNX graph (DESIGN.md, "ONNX contract").
+"""The ``model.json`` metadata stored inside an exported ONNX graph (docs/design.md, "ONNX contract").
 
 Every swdet ONNX file carries its model description as JSON under the key ``"swdet"`` of the
 graph's ``metadata_props``; the export settings sit under ``meta["export"]`` and, after INT8

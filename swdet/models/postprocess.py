@@ -3,7 +3,7 @@
 Per image and FPN level: the ``pre_nms_topk`` best (anchor, class) pairs by logit and their
 sigmoid scores, the score threshold (``score > θ``), box decoding and clipping to the input canvas; then,
 over all levels, class-aware NMS (``IoU > nms_iou`` suppresses) and the ``max_det`` best
-survivors. The output follows the EfficientNMS convention of DESIGN.md: ``num_dets [B, 1]``
+survivors. The output follows the EfficientNMS convention of docs/design.md: ``num_dets [B, 1]``
 int32, ``det_boxes [B, K, 4]``, ``det_scores [B, K]``, ``det_classes [B, K]`` int32; rows past
 ``num_dets`` are zero padding.
 """
