@@ -487,6 +487,93 @@ def _augmented(network: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return m
 
 
+def _check_options(method: str, percentile: float, num_images, batch_size, out: Path, src: Path) -> str:
+    """One-line errors for the options :func:`calibrate` takes; returns the method name."""
+    from swdet.calib.stats import METHODS, method_key
+
+    method = str(method).lower()
+    if method not in METHODS:
+        raise SwdetError(f"--method {method!r}: choose {', '.join(METHODS)}")
+    method_key(method, percentile)
+    if method == "percentile" and not (0.0 < float(percentile) <= 100.0):
+        raise SwdetError(f"--percentile {percentile}: must be in (0, 100]")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise SwdetError(f"--num-images {num_images!r}: must be a positive integer")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SwdetError(f"--batch-size {batch_size!r}: must be a positive integer")
+    if out.suffix.lower() != ".onnx":
+        raise SwdetError(f"--out {out}: must be an .onnx file")
+    if out.resolve() == src.resolve():
+        raise SwdetError(f"--out {out}: would overwrite the fp32 model being calibrated")
+    return method
+
+
+@dataclass
+class _Statistics:
+    """What step 3 of the module docstring produced."""
+
+    stats: object  # swdet.calib.stats.CalibrationStats
+    cache_path: Path
+    cache_hit: bool
+    candidates: list[Path]
+    selection: object | None  # the images read (None on a cache hit)
+
+
+def _statistics(network: onnx.ModelProto, tensors: list[str], data: bytes, images, *, cache, use_cache: bool,
+                src: Path, num_images: int, imgsz: int, seed: int, batch_size: int, work: Path, progress: bool,
+                say, warnings: list[str]) -> _Statistics:
+    """The activation statistics of ``tensors``: from the cache when it was made from the same
+    model and images, else one pass of the network over the selected images."""
+    from swdet.calib.stats import cache_key, candidate_files, collect_statistics, load_cache, select_images
+
+    cache_path = Path(cache) if cache is not None else default_cache_path(src)
+    candidates = candidate_files(images, seed)
+    key = cache_key(hashlib.sha256(data).hexdigest(), candidates, num_images, imgsz, seed)
+    stats = load_cache(cache_path, key) if use_cache else None
+    if stats is not None and not set(tensors) <= set(stats.tensors):
+        stats = None  # another ORT version pre-processed the graph differently
+    if stats is not None:
+        say(f"calibration: statistics of {stats.num_images} images from the cache {cache_path}")
+        return _Statistics(stats, cache_path, True, candidates, None)
+    selection = select_images(images, num_images, imgsz, seed=seed, candidates=candidates)
+    if selection.skipped:
+        warnings.append(f"{len(selection.skipped)} unreadable image(s) skipped (e.g. {selection.skipped[0][1]})")
+    if len(selection.files) < num_images:
+        warnings.append(f"{images}: only {len(selection.files)} readable image(s), fewer than "
+                        f"--num-images {num_images}; calibrating with {len(selection.files)}")
+    for w in warnings:
+        say(f"warning: {w}")
+    say(f"calibration: {len(selection.files)} images from {images} ({imgsz}x{imgsz}), {len(tensors)} tensors")
+    aug = work / "augmented.onnx"
+    onnx.save(_augmented(network, tensors), str(aug))
+    stats = collect_statistics(aug, tensors, selection.images, key=key, batch_size=batch_size, progress=progress)
+    return _Statistics(stats, cache_path, False, candidates, selection)
+
+
+def _calibration_metadata(meta: dict, *, method: str, percentile: float, num_images: int, images, seed: int,
+                          per_channel: bool, excluded: list[str], float_convs: list[str], cache_path: Path) -> dict:
+    """The model's metadata with ``export.precision = "int8"`` and a ``calibration`` section."""
+    import onnxruntime
+
+    new_meta = copy.deepcopy(meta)
+    new_meta.setdefault("export", {})["precision"] = "int8"
+    new_meta["calibration"] = {
+        "method": method,
+        "percentile": float(percentile) if method == "percentile" else None,
+        "num_images": int(num_images),
+        "images": str(images),
+        "seed": int(seed),
+        "per_channel": bool(per_channel),
+        "excluded": excluded,
+        "float_output_convs": float_convs,
+        "symmetric": True,
+        "op_types": list(OP_TYPES),
+        "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
+        "cache": cache_path.name,
+    }
+    return new_meta
+
+
 def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
               num_images: int = DEFAULT_NUM_IMAGES, method: str = DEFAULT_METHOD,
               percentile: float = DEFAULT_PERCENTILE, per_channel: bool = True, exclude=(),
@@ -512,127 +599,67 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
         log: a callable taking one line (progress messages), or None.
     """
     from swdet.artifact import atomic_write_bytes
+    from swdet.calib.stats import save_cache, select_images
 
     t0 = time.perf_counter()
     say = log or (lambda _msg: None)
-    method = str(method).lower()
-    from swdet.calib.stats import (
-        METHODS,
-        cache_key,
-        candidate_files,
-        collect_statistics,
-        load_cache,
-        method_key,
-        save_cache,
-        select_images,
-    )
-
-    if method not in METHODS:
-        raise SwdetError(f"--method {method!r}: choose {', '.join(METHODS)}")
-    method_key(method, percentile)
-    if method == "percentile" and not (0.0 < float(percentile) <= 100.0):
-        raise SwdetError(f"--percentile {percentile}: must be in (0, 100]")
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise SwdetError(f"--num-images {num_images!r}: must be a positive integer")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SwdetError(f"--batch-size {batch_size!r}: must be a positive integer")
-    out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise SwdetError(f"--out {out}: must be an .onnx file")
-    src = Path(model_path)
-    if out.resolve() == src.resolve():
-        raise SwdetError(f"--out {out}: would overwrite the fp32 model being calibrated")
-    model, meta, data = load_fp32_model(src)
+    out, src = Path(out), Path(model_path)
+    method = _check_options(method, percentile, num_images, batch_size, out, src)
+    model, meta, data = load_fp32_model(src)  # 1. the input, validated
     imgsz = input_size(model)
     warnings: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="swdet-calib-") as tmp:
         work = Path(tmp)
-        split = split_network(model)
-        network = preprocess_network(split.network, work)
+        split = split_network(model)  # 1. network / post-processing
+        network = preprocess_network(split.network, work)  # 2.
         excluded = resolve_excludes(network, exclude)
         tensors = candidate_tensors(network)
-        heads = prediction_convs(network, split.boundary)
+        float_convs = [h for h in prediction_convs(network, split.boundary) if h not in excluded]
 
-        # -- statistics: from the cache when it was made from the same model and images --------
-        cache_path = Path(cache) if cache is not None else default_cache_path(src)
-        candidates = candidate_files(images, seed)
-        key = cache_key(hashlib.sha256(data).hexdigest(), candidates, num_images, imgsz, seed)
-        stats = load_cache(cache_path, key) if use_cache else None
-        if stats is not None and not set(tensors) <= set(stats.tensors):
-            stats = None  # another ORT version pre-processed the graph differently
-        cache_hit = stats is not None
-        selection = None
-        if stats is None:
-            selection = select_images(images, num_images, imgsz, seed=seed, candidates=candidates)
-            if selection.skipped:
-                warnings.append(f"{len(selection.skipped)} unreadable image(s) skipped (e.g. "
-                                f"{selection.skipped[0][1]})")
-            if len(selection.files) < num_images:
-                warnings.append(f"{images}: only {len(selection.files)} readable image(s), fewer than "
-                                f"--num-images {num_images}; calibrating with {len(selection.files)}")
-            for w in warnings:
-                say(f"warning: {w}")
-            say(f"calibration: {len(selection.files)} images from {images} ({imgsz}x{imgsz}), "
-                f"{len(tensors)} tensors")
-            aug = work / "augmented.onnx"
-            onnx.save(_augmented(network, tensors), str(aug))
-            stats = collect_statistics(aug, tensors, selection.images, key=key, batch_size=batch_size,
-                                       progress=progress)
-        else:
-            say(f"calibration: statistics of {stats.num_images} images from the cache {cache_path}")
+        st = _statistics(network, tensors, data, images, cache=cache, use_cache=use_cache, src=src,  # 3.
+                         num_images=num_images, imgsz=imgsz, seed=seed, batch_size=batch_size, work=work,
+                         progress=progress, say=say, warnings=warnings)
         say(f"ranges: {method}" + (f" ({percentile})" if method == "percentile" else ""))
-        amax = stats.amax(method, percentile, tensors)
+        amax = st.stats.amax(method, percentile, tensors)
         try:
-            save_cache(cache_path, stats)  # new statistics and newly computed ranges
+            save_cache(st.cache_path, st.stats)  # new statistics and newly computed ranges
         except SwdetError as e:  # an unwritable folder only loses the cache
             warnings.append(f"calibration cache not written: {e}")
             say(f"warning: {warnings[-1]}")
 
-        quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,
-                                     float_outputs=[h for h in heads if h not in excluded])
-        new_meta = copy.deepcopy(meta)
-        new_meta.setdefault("export", {})["precision"] = "int8"
-        import onnxruntime
-
-        new_meta["calibration"] = {
-            "method": method,
-            "percentile": float(percentile) if method == "percentile" else None,
-            "num_images": int(stats.num_images),
-            "images": str(images),
-            "seed": int(seed),
-            "per_channel": bool(per_channel),
-            "excluded": excluded,
-            "float_output_convs": [h for h in heads if h not in excluded],
-            "symmetric": True,
-            "op_types": list(OP_TYPES),
-            "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
-            "cache": cache_path.name,
-        }
-        final = stitch(quantized, split, model, new_meta)
+        quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,  # 4.
+                                     float_outputs=float_convs)
+        new_meta = _calibration_metadata(meta, method=method, percentile=percentile,
+                                         num_images=st.stats.num_images, images=images, seed=seed,
+                                         per_channel=per_channel, excluded=excluded, float_convs=float_convs,
+                                         cache_path=st.cache_path)
+        final = stitch(quantized, split, model, new_meta)  # 5.
         _check(final)
         blob = final.SerializeToString()
         atomic_write_bytes(out, blob)
 
         report_rows = report_path = None
+        selection = st.selection
         if report:
             from swdet.calib.report import sensitivity, write_report
 
             if selection is None:
                 selection = select_images(images, min(report_images, num_images), imgsz, seed=seed,
-                                          candidates=candidates)
-            say(f"report: per-layer sensitivity on {min(report_images, len(selection.images))} images")
+                                          candidates=st.candidates)
+            n = min(report_images, len(selection.images))
+            say(f"report: per-layer sensitivity on {n} images")
             report_rows = sensitivity(network, split.boundary, amax, selection.images[:report_images],
-                                      per_channel=per_channel, exclude=excluded,
-                                      float_outputs=[h for h in heads if h not in excluded], progress=progress)
+                                      per_channel=per_channel, exclude=excluded, float_outputs=float_convs,
+                                      progress=progress)
             report_path = write_report(out.with_name(out.stem + ".report.json"), report_rows, method=method,
-                                       num_images=min(report_images, len(selection.images)))
+                                       num_images=n)
 
     if verify:
         verify_runs(out)
-    return CalibResult(out=out, cache=cache_path, cache_hit=cache_hit, method=method,
+    return CalibResult(out=out, cache=st.cache_path, cache_hit=st.cache_hit, method=method,
                        percentile=float(percentile) if method == "percentile" else None, per_channel=per_channel,
-                       num_images=int(stats.num_images),
+                       num_images=int(st.stats.num_images),
                        skipped_images=list(selection.skipped) if selection is not None else [],
                        quantized=quantized_nodes(final), excluded=excluded, size_mb=len(blob) / 2**20,
                        fp32_size_mb=len(data) / 2**20, seconds=time.perf_counter() - t0, report=report_rows,

@@ -334,6 +334,120 @@ def _upper_bound(gr: _Graph, name: str, depth: int = 0) -> int | None:
     return None
 
 
+# ----------------------------------------------------------------------------------------------
+# Per-operator rules: one function per operator family, looked up in OP_RULES (each adds the
+# problems it finds with ``add(severity, message)``)
+
+
+def _rule_topk(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    k_name = node.input[1] if len(node.input) > 1 else ""
+    if not k_name:
+        add("error", "TopK without a K input")
+    elif gr.is_const(k_name):
+        k = gr.value(k_name)
+        if k is not None and int(np.max(k)) >= TOPK_MAX_K:
+            add("error", f"K = {int(np.max(k))}: TensorRT's TopK needs K < {TOPK_MAX_K}")
+    else:
+        bound = _upper_bound(gr, k_name)
+        if bound is None:
+            add("warning", f"K is computed at run time with no visible bound: TensorRT's TopK fails for "
+                           f"K >= {TOPK_MAX_K} (and TensorRT 8.x parsers need K as an initializer)")
+        elif bound >= TOPK_MAX_K:
+            add("error", f"K is computed at run time and may reach {bound}: TensorRT's TopK needs "
+                         f"K < {TOPK_MAX_K}")
+    if int(_attr(node, "sorted", 1)) != 1:
+        add("error", "sorted must be 1")
+
+
+def _rule_nms(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    for idx, what in ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")):
+        if len(node.input) > idx and node.input[idx] and not gr.is_const(node.input[idx]):
+            add("error", f"{what} must be a constant (initializer)")
+    boxes = gr.shapes.get(node.input[0])
+    if boxes and len(boxes) == 3 and isinstance(boxes[1], int) and boxes[1] > NMS_TOPK_BOX_LIMIT:
+        add("warning", f"{boxes[1]} boxes per image: TensorRT's NMS layer considers at most "
+                       f"{NMS_TOPK_BOX_LIMIT} (lower pre_nms_topk)")
+
+
+def _rule_qdq(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    _check_qdq(gr, node, where, post, out)
+
+
+def _rule_resize(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    mode = _attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in RESIZE_MODES:
+        add("error", f"mode {mode!r}: TensorRT supports nearest and linear")
+    coord = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+    coord = coord.decode() if isinstance(coord, bytes) else coord
+    if coord not in RESIZE_COORD:
+        add("error", f"coordinate_transformation_mode {coord!r} is not supported")
+    if mode == "nearest":
+        nm = _attr(node, "nearest_mode", b"round_prefer_floor")
+        nm = nm.decode() if isinstance(nm, bytes) else nm
+        if nm not in RESIZE_NEAREST:
+            add("error", f"nearest_mode {nm!r} is not supported")
+    if int(_attr(node, "antialias", 0)):
+        add("error", "antialiasing is not supported")
+    policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
+    if (policy.decode() if isinstance(policy, bytes) else policy) != "stretch":
+        add("error", "keep_aspect_ratio_policy must be stretch")
+
+
+def _rule_scatternd(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    red = _attr(node, "reduction", b"none")
+    if (red.decode() if isinstance(red, bytes) else red) != "none":
+        add("error", "reduction other than none is not supported")
+
+
+def _rule_pool(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    op = node.op_type
+    k = _attr(node, "kernel_shape", [])
+    if len(k) not in (2, 3):
+        add("error", f"{len(k)}-D pooling: TensorRT pools in 2-D or 3-D only")
+    dil = _attr(node, "dilations", None)
+    if dil and any(d != 1 for d in dil):
+        add("error", "dilations must be empty or all ones")
+    if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        add("error", "the Indices output is not supported")
+
+
+def _rule_dropout(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    if len(node.input) > 2 and node.input[2]:
+        v = gr.value(node.input[2])
+        if v is None or bool(np.any(v)):
+            add("error", "is_training must be a constant False")
+
+
+def _rule_cast(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    to = int(_attr(node, "to", 0))
+    if to == TensorProto.DOUBLE:
+        add("warning", "cast to DOUBLE: TensorRT computes in FLOAT")
+    elif to not in CAST_TARGETS:
+        add("error", f"cast to {TensorProto.DataType.Name(to)} is not supported")
+
+
+def _rule_lstm(gr: _Graph, node: onnx.NodeProto, add, where: str, post: set[str], out: list[Problem]) -> None:
+    if int(_attr(node, "input_forget", 0)) or int(_attr(node, "layout", 0)):
+        add("error", "input_forget and layout must be 0")
+
+
+OP_RULES = {  # op type -> its rule (operators without one only need to be supported)
+    "TopK": _rule_topk,
+    "NonMaxSuppression": _rule_nms,
+    "QuantizeLinear": _rule_qdq,
+    "DequantizeLinear": _rule_qdq,
+    "Resize": _rule_resize,
+    "ScatterND": _rule_scatternd,
+    "MaxPool": _rule_pool,
+    "AveragePool": _rule_pool,
+    "LpPool": _rule_pool,
+    "Dropout": _rule_dropout,
+    "Cast": _rule_cast,
+    "LSTM": _rule_lstm,
+}
+
+
 def _check_node(gr: _Graph, node: onnx.NodeProto, where: str, post: set[str], out: list[Problem]) -> None:
     op = node.op_type
     add = lambda sev, msg: out.append(Problem(sev, where, op, msg))  # noqa: E731
@@ -363,80 +477,9 @@ def _check_node(gr: _Graph, node: onnx.NodeProto, where: str, post: set[str], ou
     if op in RECENT_OPS:
         add("warning", "supported only by recent TensorRT 10.x parsers")
 
-    if op == "TopK":
-        k_name = node.input[1] if len(node.input) > 1 else ""
-        if not k_name:
-            add("error", "TopK without a K input")
-        elif gr.is_const(k_name):
-            k = gr.value(k_name)
-            if k is not None and int(np.max(k)) >= TOPK_MAX_K:
-                add("error", f"K = {int(np.max(k))}: TensorRT's TopK needs K < {TOPK_MAX_K}")
-        else:
-            bound = _upper_bound(gr, k_name)
-            if bound is None:
-                add("warning", f"K is computed at run time with no visible bound: TensorRT's TopK fails for "
-                               f"K >= {TOPK_MAX_K} (and TensorRT 8.x parsers need K as an initializer)")
-            elif bound >= TOPK_MAX_K:
-                add("error", f"K is computed at run time and may reach {bound}: TensorRT's TopK needs "
-                             f"K < {TOPK_MAX_K}")
-        if int(_attr(node, "sorted", 1)) != 1:
-            add("error", "sorted must be 1")
-    elif op == "NonMaxSuppression":
-        for idx, what in ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")):
-            if len(node.input) > idx and node.input[idx] and not gr.is_const(node.input[idx]):
-                add("error", f"{what} must be a constant (initializer)")
-        boxes = gr.shapes.get(node.input[0])
-        if boxes and len(boxes) == 3 and isinstance(boxes[1], int) and boxes[1] > NMS_TOPK_BOX_LIMIT:
-            add("warning", f"{boxes[1]} boxes per image: TensorRT's NMS layer considers at most "
-                           f"{NMS_TOPK_BOX_LIMIT} (lower pre_nms_topk)")
-    elif op in ("QuantizeLinear", "DequantizeLinear"):
-        _check_qdq(gr, node, where, post, out)
-    elif op == "Resize":
-        mode = _attr(node, "mode", b"nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode not in RESIZE_MODES:
-            add("error", f"mode {mode!r}: TensorRT supports nearest and linear")
-        coord = _attr(node, "coordinate_transformation_mode", b"half_pixel")
-        coord = coord.decode() if isinstance(coord, bytes) else coord
-        if coord not in RESIZE_COORD:
-            add("error", f"coordinate_transformation_mode {coord!r} is not supported")
-        if mode == "nearest":
-            nm = _attr(node, "nearest_mode", b"round_prefer_floor")
-            nm = nm.decode() if isinstance(nm, bytes) else nm
-            if nm not in RESIZE_NEAREST:
-                add("error", f"nearest_mode {nm!r} is not supported")
-        if int(_attr(node, "antialias", 0)):
-            add("error", "antialiasing is not supported")
-        policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
-        if (policy.decode() if isinstance(policy, bytes) else policy) != "stretch":
-            add("error", "keep_aspect_ratio_policy must be stretch")
-    elif op == "ScatterND":
-        red = _attr(node, "reduction", b"none")
-        if (red.decode() if isinstance(red, bytes) else red) != "none":
-            add("error", "reduction other than none is not supported")
-    elif op in ("MaxPool", "AveragePool", "LpPool"):
-        k = _attr(node, "kernel_shape", [])
-        if len(k) not in (2, 3):
-            add("error", f"{len(k)}-D pooling: TensorRT pools in 2-D or 3-D only")
-        dil = _attr(node, "dilations", None)
-        if dil and any(d != 1 for d in dil):
-            add("error", "dilations must be empty or all ones")
-        if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
-            add("error", "the Indices output is not supported")
-    elif op == "Dropout":
-        if len(node.input) > 2 and node.input[2]:
-            v = gr.value(node.input[2])
-            if v is None or bool(np.any(v)):
-                add("error", "is_training must be a constant False")
-    elif op == "Cast":
-        to = int(_attr(node, "to", 0))
-        if to == TensorProto.DOUBLE:
-            add("warning", "cast to DOUBLE: TensorRT computes in FLOAT")
-        elif to not in CAST_TARGETS:
-            add("error", f"cast to {TensorProto.DataType.Name(to)} is not supported")
-    elif op == "LSTM":
-        if int(_attr(node, "input_forget", 0)) or int(_attr(node, "layout", 0)):
-            add("error", "input_forget and layout must be 0")
+    rule = OP_RULES.get(op)
+    if rule is not None:
+        rule(gr, node, add, where, post, out)
     if op in AXES_FROM_INPUT:
         idx = AXES_FROM_INPUT[op]
         if len(node.input) > idx and node.input[idx] and not gr.is_const(node.input[idx]):
