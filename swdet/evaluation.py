@@ -150,70 +150,25 @@ class EvalResult:
 def load_coco(ann_file: str | os.PathLike) -> Any:
     """Read a COCO annotation file into a ``pycocotools.coco.COCO`` object, quietly.
 
-    Checks what box evaluation needs and raises :class:`SwdetError` with one line naming the file
-    otherwise: the file exists and is a JSON object with a non-empty ``images`` list, an
-    ``annotations`` list (may be empty) and a ``categories`` list; every annotation has ``id``,
-    ``image_id``, ``category_id`` and a 4-number ``bbox``. A missing ``area`` is filled with the
-    box area ``w·h`` and a missing ``iscrowd`` with 0 (pycocotools needs both).
+    The one policy of :mod:`swdet.data.coco` for a bad annotation file, the training dataset's
+    too: a problem with the file (missing, invalid JSON, not an object, no ``images``, no
+    ``annotations`` key, no ``categories``, an ambiguous category id) is a one-line
+    :class:`SwdetError` naming it (:func:`~swdet.data.coco.read_coco_json`, the same reader); a
+    problem with a record is skipped, counted and reported once per kind as a
+    :class:`~swdet.data.coco.DataWarning` (:func:`~swdet.data.coco.clean_for_evaluation`).
+    A missing ``area`` is filled with the box area ``w·h`` and a missing ``iscrowd`` with 0.
     """
     from pycocotools.coco import COCO
 
+    from swdet.data.coco import clean_for_evaluation, read_coco_json
+
     path = Path(ann_file)
-    if not path.exists():
-        raise SwdetError(f"{path}: annotation file not found")
-    if not path.is_file():
-        raise SwdetError(f"{path}: not a file (expected a COCO annotation .json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SwdetError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SwdetError(f"{path}: cannot read: {e}") from None
-    _check_coco_dict(data, str(path))
+    data = clean_for_evaluation(read_coco_json(path), path)
     coco = COCO()
     coco.dataset = data
     with _quiet():
         coco.createIndex()
     return coco
-
-
-def _check_coco_dict(data: Any, where: str) -> None:
-    if not isinstance(data, dict):
-        raise SwdetError(f"{where}: expected a COCO JSON object, got {type(data).__name__}")
-    images = data.get("images")
-    if not isinstance(images, list) or not images:
-        raise SwdetError(f"{where}: no images (the 'images' list is missing or empty)")
-    if "annotations" not in data:
-        raise SwdetError(f"{where}: no 'annotations' key (not a COCO detection annotation file?)")
-    anns = data["annotations"]
-    if not isinstance(anns, list):
-        raise SwdetError(f"{where}: 'annotations' must be a list")
-    cats = data.get("categories")
-    if not isinstance(cats, list) or not cats:
-        raise SwdetError(f"{where}: no categories (the 'categories' list is missing or empty)")
-    for i, img in enumerate(images):
-        if not isinstance(img, dict) or "id" not in img:
-            raise SwdetError(f"{where}: images[{i}] has no 'id'")
-    for i, cat in enumerate(cats):
-        if not isinstance(cat, dict) or "id" not in cat:
-            raise SwdetError(f"{where}: categories[{i}] has no 'id'")
-    for i, ann in enumerate(anns):
-        if not isinstance(ann, dict):
-            raise SwdetError(f"{where}: annotations[{i}] is not an object")
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if key not in ann:
-                raise SwdetError(f"{where}: annotations[{i}] has no '{key}'")
-        bbox = ann["bbox"]
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise SwdetError(f"{where}: annotations[{i}]: bbox must be [x, y, w, h]")
-        if "area" not in ann:
-            try:
-                ann["area"] = float(bbox[2]) * float(bbox[3])
-            except (TypeError, ValueError):
-                raise SwdetError(f"{where}: annotations[{i}]: bbox must be 4 numbers") from None
-        if "iscrowd" not in ann:
-            ann["iscrowd"] = 0
 
 
 # --------------------------------------------------------------------------------------------

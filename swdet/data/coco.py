@@ -4,6 +4,12 @@
 folder and returns ``(image, target)`` pairs in the letterboxed canvas every runtime uses
 (:mod:`swdet.data.letterbox`).
 
+One policy for a bad annotation file (docs/design.md, "Data flow" 1), for training and for
+evaluation alike (:func:`swdet.evaluation.load_coco` reads through :func:`read_coco_json` and
+:func:`clean_for_evaluation`): a problem with the *file* is fatal, one line naming it; a
+problem with a *record* is recoverable: the record is skipped (or repaired), counted, and
+reported once per kind. Unreadable images are recoverable too, until most of them fail.
+
 Validation at load time
 -----------------------
 Fatal problems raise :class:`~swdet.errors.SwdetError` with one line naming the file: missing
@@ -80,6 +86,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +110,8 @@ class DataWarning(UserWarning):
 # Kind -> message template ({n} count, {ex} example).
 _KIND_MESSAGES = {
     "bad_image_entry": "skipped {n} image entries without an integer id or a file_name (e.g. {ex})",
+    "bad_image_id": "skipped {n} image entries without an integer id (e.g. {ex})",
+    "incomplete": "skipped {n} annotations without an image_id, a category_id or a 4-number bbox (e.g. {ex})",
     "duplicate_image": "skipped {n} image entries with duplicate image ids (e.g. {ex})",
     "image_size": "read width/height from the file for {n} image entries without them (e.g. {ex})",
     "image_size_failed": "skipped {n} images without width/height whose file is unreadable (e.g. {ex})",
@@ -281,138 +290,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ load-time validation
     def _validate(self, data: dict) -> dict:
-        rep = self._report
-        # Categories (fatal when ambiguous).
-        cats = {}
-        for k, c in enumerate(data["categories"]):
-            if not isinstance(c, dict) or not _is_int(c.get("id")):
-                raise SwdetError(f"{self.ann_file}: category entry #{k} has no integer 'id'")
-            cid = int(c["id"])
-            if cid in cats:
-                raise SwdetError(f"{self.ann_file}: duplicate category id {cid}")
-            cats[cid] = {**c, "id": cid, "name": str(c.get("name", cid))}
-
-        # Images.
-        images: dict[int, dict] = {}
-        for k, im in enumerate(data["images"]):
-            if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str) \
-                    or not im["file_name"]:
-                rep.add("bad_image_entry", f"entry #{k}")
-                continue
-            iid = int(im["id"])
-            if iid in images:
-                rep.add("duplicate_image", f"image id {iid}")
-                continue
-            w, h = im.get("width"), im.get("height")
-            ok = _is_int(w) or isinstance(w, float)
-            ok = ok and (_is_int(h) or isinstance(h, float)) and w > 0 and h > 0
-            if not ok:
-                try:
-                    w, h = image_size(os.path.join(self.image_dir, im["file_name"]))
-                except ImageDecodeError as e:
-                    rep.add("image_size_failed", str(e))
-                    continue
-                rep.add("image_size", f"image id {iid}")
-            images[iid] = {**im, "id": iid, "width": int(round(w)), "height": int(round(h))}
-
-        # Annotations: extract, then check vectorized.
-        anns_in = data["annotations"]
-        n = len(anns_in)
-        boxes = np.full((n, 4), np.nan, dtype=np.float64)
-        malformed = np.zeros(n, dtype=bool)
-        img_ids = np.full(n, -1, dtype=np.int64)
-        cat_ids = np.full(n, -1, dtype=np.int64)
-        has_img = np.zeros(n, dtype=bool)
-        has_cat = np.zeros(n, dtype=bool)
-        crowd = np.zeros(n, dtype=bool)
-        names = []
-        for k, a in enumerate(anns_in):
-            if not isinstance(a, dict):
-                malformed[k] = True
-                names.append(f"annotation #{k}")
-                continue
-            names.append(f"id {a['id']}" if "id" in a else f"annotation #{k}")
-            bb = a.get("bbox")
-            try:
-                if not isinstance(bb, (list, tuple)) or len(bb) != 4:
-                    raise TypeError
-                boxes[k] = [_number(v) for v in bb]
-            except (TypeError, ValueError):
-                malformed[k] = True
-                continue
-            iid, cid = a.get("image_id"), a.get("category_id")
-            if _is_int(iid) and int(iid) in images:
-                has_img[k] = True
-                img_ids[k] = int(iid)
-            if _is_int(cid) and int(cid) in cats:
-                has_cat[k] = True
-                cat_ids[k] = int(cid)
-            crowd[k] = bool(a.get("iscrowd", 0))
-
-        bad = np.zeros(n, dtype=bool)
-
-        def take(kind: str, mask: np.ndarray) -> None:
-            nonlocal bad
-            new = mask & ~bad
-            if new.any():
-                rep.add(kind, names[int(np.flatnonzero(new)[0])], int(new.sum()))
-            bad |= new
-
-        take("malformed", malformed)
-        take("no_image", ~has_img)
-        take("unknown_category", ~has_cat)
-        take("nonfinite", ~np.isfinite(boxes).all(axis=1))
-        with np.errstate(invalid="ignore"):
-            take("negative_size", (boxes[:, 2] < 0) | (boxes[:, 3] < 0))
-            take("zero_size", (boxes[:, 2] == 0) | (boxes[:, 3] == 0))
-        # Clip to the image.
-        wh = np.zeros((n, 2), dtype=np.float64)
-        ok_img = ~bad
-        if ok_img.any():
-            sizes = {iid: (im["width"], im["height"]) for iid, im in images.items()}
-            wh[ok_img] = np.array([sizes[int(i)] for i in img_ids[ok_img]], dtype=np.float64).reshape(-1, 2)
-        xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-        with np.errstate(invalid="ignore"):
-            clipped = np.concatenate([np.clip(xyxy[:, :2], 0, wh), np.clip(xyxy[:, 2:], 0, wh)], axis=1)
-            take("outside", ~((clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])))
-            moved = np.abs(clipped - xyxy).max(axis=1) > _CLIP_TOLERANCE
-        take_note = moved & ~bad
-        if take_note.any():
-            rep.add("clipped", names[int(np.flatnonzero(take_note)[0])], int(take_note.sum()))
-        crowd_ok = crowd & ~bad
-        if crowd_ok.any():
-            rep.add("crowd", names[int(np.flatnonzero(crowd_ok)[0])], int(crowd_ok.sum()))
-
-        # Build the cleaned dataset (what pycocotools indexes and evaluation sees).
-        anns = []
-        used_ids: set[int] = set()
-        renumber = []
-        for k in np.flatnonzero(~bad):
-            a = anns_in[k]
-            x1, y1, x2, y2 = (float(v) for v in clipped[k])
-            out = {**a, "image_id": int(img_ids[k]), "category_id": int(cat_ids[k]),
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd[k])}
-            if "area" not in out or not isinstance(out["area"], (int, float)) or not math.isfinite(out["area"]):
-                out["area"] = (x2 - x1) * (y2 - y1)
-            aid = a.get("id")
-            if not _is_int(aid) or int(aid) in used_ids:
-                renumber.append(len(anns))
-            else:
-                used_ids.add(int(aid))
-            anns.append(out)
-        if renumber:
-            rep.add("duplicate_annotation_id", names[int(np.flatnonzero(~bad)[renumber[0]])], len(renumber))
-            next_id = max(used_ids, default=0) + 1
-            for j in renumber:
-                anns[j]["id"] = next_id
-                next_id += 1
-        return {
-            "info": data.get("info", {}),
-            "licenses": data.get("licenses", []),
-            "images": [images[i] for i in sorted(images)],
-            "annotations": anns,
-            "categories": [cats[c] for c in sorted(cats)],
-        }
+        return validate_coco(data, self.ann_file, self.image_dir, self._report)
 
     def _validate_files(self, clean: dict, full: bool) -> None:
         def check(im: dict) -> str | None:
@@ -600,3 +478,227 @@ class CocoDetection(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"CocoDetection({Path(self.ann_file).name!r}, {len(self)} images, "
                 f"{self.num_classes} classes, imgsz={self.imgsz}, train={self.train})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation at load time (module docstring), in steps
+
+
+def _categories(data: dict, ann_file) -> dict[int, dict]:
+    """Category id -> entry; a missing or duplicate id is fatal (ambiguous labels)."""
+    cats = {}
+    for k, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise SwdetError(f"{ann_file}: category entry #{k} has no integer 'id'")
+        cid = int(c["id"])
+        if cid in cats:
+            raise SwdetError(f"{ann_file}: duplicate category id {cid}")
+        cats[cid] = {**c, "id": cid, "name": str(c.get("name", cid))}
+    return cats
+
+
+def _images(data: dict, image_dir, rep: _Report) -> dict[int, dict]:
+    """Image id -> entry with integer width and height; bad entries skipped and counted."""
+    images: dict[int, dict] = {}
+    for k, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str) \
+                or not im["file_name"]:
+            rep.add("bad_image_entry", f"entry #{k}")
+            continue
+        iid = int(im["id"])
+        if iid in images:
+            rep.add("duplicate_image", f"image id {iid}")
+            continue
+        w, h = im.get("width"), im.get("height")
+        ok = _is_int(w) or isinstance(w, float)
+        ok = ok and (_is_int(h) or isinstance(h, float)) and w > 0 and h > 0
+        if not ok:
+            try:
+                w, h = image_size(os.path.join(image_dir, im["file_name"]))
+            except ImageDecodeError as e:
+                rep.add("image_size_failed", str(e))
+                continue
+            rep.add("image_size", f"image id {iid}")
+        images[iid] = {**im, "id": iid, "width": int(round(w)), "height": int(round(h))}
+    return images
+
+
+@dataclass
+class _Annotations:
+    """The annotations as arrays, for vectorized checks."""
+
+    boxes: np.ndarray  # [n, 4] x, y, w, h (NaN where malformed)
+    malformed: np.ndarray
+    img_ids: np.ndarray
+    cat_ids: np.ndarray
+    has_img: np.ndarray
+    has_cat: np.ndarray
+    crowd: np.ndarray
+    names: list[str]  # how each is named in a warning
+
+
+def _extract(anns_in: list, images: dict, cats: dict) -> _Annotations:
+    """The annotations as arrays (boxes, ids, flags), checked vectorized by :func:`_reject`."""
+    n = len(anns_in)
+    boxes = np.full((n, 4), np.nan, dtype=np.float64)
+    malformed = np.zeros(n, dtype=bool)
+    img_ids = np.full(n, -1, dtype=np.int64)
+    cat_ids = np.full(n, -1, dtype=np.int64)
+    has_img = np.zeros(n, dtype=bool)
+    has_cat = np.zeros(n, dtype=bool)
+    crowd = np.zeros(n, dtype=bool)
+    names = []
+    for k, a in enumerate(anns_in):
+        if not isinstance(a, dict):
+            malformed[k] = True
+            names.append(f"annotation #{k}")
+            continue
+        names.append(f"id {a['id']}" if "id" in a else f"annotation #{k}")
+        bb = a.get("bbox")
+        try:
+            if not isinstance(bb, (list, tuple)) or len(bb) != 4:
+                raise TypeError
+            boxes[k] = [_number(v) for v in bb]
+        except (TypeError, ValueError):
+            malformed[k] = True
+            continue
+        iid, cid = a.get("image_id"), a.get("category_id")
+        if _is_int(iid) and int(iid) in images:
+            has_img[k] = True
+            img_ids[k] = int(iid)
+        if _is_int(cid) and int(cid) in cats:
+            has_cat[k] = True
+            cat_ids[k] = int(cid)
+        crowd[k] = bool(a.get("iscrowd", 0))
+    return _Annotations(boxes, malformed, img_ids, cat_ids, has_img, has_cat, crowd, names)
+
+
+def _reject(ann: _Annotations, images: dict, rep: _Report) -> tuple[np.ndarray, np.ndarray]:
+    """``(bad [n], clipped xyxy [n, 4])``: each annotation counted under its first problem, in
+    the order of the module docstring's table; boxes clipped to their image."""
+    boxes, names, img_ids, n = ann.boxes, ann.names, ann.img_ids, len(ann.names)
+    bad = np.zeros(n, dtype=bool)
+
+    def take(kind: str, mask: np.ndarray) -> None:
+        nonlocal bad
+        new = mask & ~bad
+        if new.any():
+            rep.add(kind, names[int(np.flatnonzero(new)[0])], int(new.sum()))
+        bad |= new
+
+    take("malformed", ann.malformed)
+    take("no_image", ~ann.has_img)
+    take("unknown_category", ~ann.has_cat)
+    take("nonfinite", ~np.isfinite(boxes).all(axis=1))
+    with np.errstate(invalid="ignore"):
+        take("negative_size", (boxes[:, 2] < 0) | (boxes[:, 3] < 0))
+        take("zero_size", (boxes[:, 2] == 0) | (boxes[:, 3] == 0))
+    # Clip to the image.
+    wh = np.zeros((n, 2), dtype=np.float64)
+    ok_img = ~bad
+    if ok_img.any():
+        sizes = {iid: (im["width"], im["height"]) for iid, im in images.items()}
+        wh[ok_img] = np.array([sizes[int(i)] for i in img_ids[ok_img]], dtype=np.float64).reshape(-1, 2)
+    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    with np.errstate(invalid="ignore"):
+        clipped = np.concatenate([np.clip(xyxy[:, :2], 0, wh), np.clip(xyxy[:, 2:], 0, wh)], axis=1)
+        take("outside", ~((clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])))
+        moved = np.abs(clipped - xyxy).max(axis=1) > _CLIP_TOLERANCE
+    take_note = moved & ~bad
+    if take_note.any():
+        rep.add("clipped", names[int(np.flatnonzero(take_note)[0])], int(take_note.sum()))
+    crowd_ok = ann.crowd & ~bad
+    if crowd_ok.any():
+        rep.add("crowd", names[int(np.flatnonzero(crowd_ok)[0])], int(crowd_ok.sum()))
+    return bad, clipped
+
+
+def _cleaned(data: dict, images: dict, cats: dict, ann: _Annotations, bad: np.ndarray, clipped: np.ndarray,
+             rep: _Report) -> dict:
+    """The cleaned dataset (what pycocotools indexes and evaluation sees)."""
+    anns_in, names, img_ids, cat_ids, crowd = data["annotations"], ann.names, ann.img_ids, ann.cat_ids, ann.crowd
+    anns = []
+    used_ids: set[int] = set()
+    renumber = []
+    for k in np.flatnonzero(~bad):
+        a = anns_in[k]
+        x1, y1, x2, y2 = (float(v) for v in clipped[k])
+        out = {**a, "image_id": int(img_ids[k]), "category_id": int(cat_ids[k]),
+               "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd[k])}
+        if "area" not in out or not isinstance(out["area"], (int, float)) or not math.isfinite(out["area"]):
+            out["area"] = (x2 - x1) * (y2 - y1)
+        aid = a.get("id")
+        if not _is_int(aid) or int(aid) in used_ids:
+            renumber.append(len(anns))
+        else:
+            used_ids.add(int(aid))
+        anns.append(out)
+    if renumber:
+        rep.add("duplicate_annotation_id", names[int(np.flatnonzero(~bad)[renumber[0]])], len(renumber))
+        next_id = max(used_ids, default=0) + 1
+        for j in renumber:
+            anns[j]["id"] = next_id
+            next_id += 1
+    return {
+        "info": data.get("info", {}),
+        "licenses": data.get("licenses", []),
+        "images": [images[i] for i in sorted(images)],
+        "annotations": anns,
+        "categories": [cats[c] for c in sorted(cats)],
+    }
+
+
+def validate_coco(data: dict, ann_file, image_dir, rep: _Report) -> dict:
+    """The load-time validation of the module docstring: fatal problems raise, recoverable ones
+    are counted in ``rep``; returns the cleaned dataset."""
+    cats = _categories(data, ann_file)
+    images = _images(data, image_dir, rep)
+    ann = _extract(data["annotations"], images, cats)
+    bad, clipped = _reject(ann, images, rep)
+    return _cleaned(data, images, cats, ann, bad, clipped, rep)
+
+
+def clean_for_evaluation(data: dict, ann_file) -> dict:
+    """The same policy for the ground truth of an evaluation (:func:`swdet.evaluation.load_coco`),
+    which needs no image files: categories as in training (a missing or duplicate id is fatal);
+    image entries without an integer id, and annotations that are not objects or lack an
+    ``image_id``, a ``category_id`` or a 4-number ``bbox``, are skipped and reported once per
+    kind (:class:`DataWarning`); annotations without a unique id are renumbered; a missing
+    ``area`` becomes ``w·h`` and a missing ``iscrowd`` 0 (pycocotools needs both)."""
+    rep = _Report(Path(ann_file).name)
+    cats = _categories(data, ann_file)
+    images = []
+    for k, im in enumerate(data["images"]):
+        if isinstance(im, dict) and _is_int(im.get("id")):
+            images.append(im)
+        else:
+            rep.add("bad_image_id", f"entry #{k}")
+    anns, used, renumber = [], set(), []
+    for k, a in enumerate(data["annotations"]):
+        name = f"id {a['id']}" if isinstance(a, dict) and "id" in a else f"annotation #{k}"
+        try:
+            if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
+                raise TypeError
+            bbox = a.get("bbox")
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise TypeError
+            w, h = _number(bbox[2]), _number(bbox[3])
+        except (TypeError, ValueError):
+            rep.add("incomplete", name)
+            continue
+        out = {**a, "area": a.get("area", w * h), "iscrowd": a.get("iscrowd", 0)}
+        if not _is_int(a.get("id")) or int(a["id"]) in used:
+            renumber.append(len(anns))
+        else:
+            used.add(int(a["id"]))
+        anns.append(out)
+    if renumber:
+        rep.add("duplicate_annotation_id", f"annotation #{renumber[0]}", len(renumber))
+        next_id = max(used, default=0) + 1
+        for j in renumber:
+            anns[j]["id"] = next_id
+            next_id += 1
+    if not images:
+        raise SwdetError(f"{ann_file}: no images with an integer id")
+    rep.emit()
+    return {**data, "images": images, "annotations": anns, "categories": [cats[c] for c in sorted(cats)]}
