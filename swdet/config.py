@@ -197,6 +197,9 @@ class SamplingFreeParams:
     # positives' per-coordinate mean box loss, halved in the RPN; keeps the sampled baseline's scale)
     rpn_pos_norm: float = 8.0
     roi_pos_norm: float = 4.0
+    # Faster R-CNN: the heads that train without sampling (the paper's Table 4 ablation: rpn, roi
+    # or both); a head left out keeps the baseline's random sampling and loss
+    heads: list[str] = field(default_factory=lambda: ["rpn", "roi"])
 
 
 @dataclass
@@ -563,6 +566,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         (cfg.methods.iou_balanced.normalize in ("level", "batch"), "methods.iou_balanced.normalize",
          "level or batch"),
         (cfg.methods.ohem.selection in ("mmdet", "paper"), "methods.ohem.selection", "mmdet or paper"),
+        (len(cfg.methods.sampling_free.heads) >= 1 and set(cfg.methods.sampling_free.heads) <= {"rpn", "roi"},
+         "methods.sampling_free.heads", "a non-empty list of rpn, roi"),
         (0 < cfg.methods.ohem.nms_iou <= 1, "methods.ohem.nms_iou", "in (0, 1]"),
         (cfg.methods.ghm.bins >= 1, "methods.ghm.bins", "at least 1"),
         (0 <= cfg.methods.ghm.momentum < 1, "methods.ghm.momentum", "in [0, 1)"),

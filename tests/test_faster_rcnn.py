@@ -109,6 +109,19 @@ def test_sampling_free_bias_init_only_in_the_rpn(synth_data, tmp_path):
     assert torch.count_nonzero(base.rpn_head.cls_logits.bias) == 0
 
 
+@pytest.mark.parametrize("heads, rpn_dense, roi_mode", [("[rpn]", True, "random"), ("[roi]", False, "all")])
+def test_sampling_free_in_one_head_only(synth_data, tmp_path, heads, rpn_dense, roi_mode):
+    """The paper's Table 4 ablation: Sampling-Free in the RPN only or the RoI head only; the other
+    head keeps random sampling, its plain loss and (RPN) its plain initialization."""
+    trainer = _trainer(synth_data, tmp_path, "sampling_free", f"methods.sampling_free.heads={heads}")
+    loss = trainer.loss
+    assert loss.rpn_dense == rpn_dense and loss.roi_mode == roi_mode
+    assert [m.name for m in loss.rpn_methods] == (["sampling_free"] if rpn_dense else [])
+    assert [m.name for m in loss.roi_methods] == (["sampling_free"] if roi_mode == "all" else [])
+    bias = trainer.module.detector.rpn_head.cls_logits.bias
+    assert (torch.count_nonzero(bias) > 0) == rpn_dense  # the optimal bias only where it trains densely
+
+
 def _batch(trainer):
     from swdet.data.loader import iterate_batches
 

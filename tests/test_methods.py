@@ -384,6 +384,7 @@ def test_swn_retinanet_one_weight_over_every_anchor_and_diagnostics():
     positives' mean regularizer; both normalized by the positives."""
     ms, crit = criterion_for("swn")
     method = ms.methods[0]
+    method.pieces_on_cpu = False  # the network's output is replaced per sample below
     rec, _ = make_record(seed=11)
     assert (~rec.valid).any()
     pos, valid = rec.pos_mask, rec.valid
@@ -447,6 +448,7 @@ def test_swn_paper_form_is_selectable():
 def test_swn_network_sees_the_per_coordinate_regression_loss():
     ms, crit = criterion_for("swn")
     swn = ms.methods[0]
+    swn.pieces_on_cpu = False  # the network on every sample: the negatives' inputs are seen too
     seen = {}
     swn.net.G.register_forward_hook(lambda module, inputs, output: seen.update(reg=inputs[0].detach()))
     rec, _ = make_record(seed=15)
@@ -458,6 +460,7 @@ def test_swn_network_sees_the_per_coordinate_regression_loss():
     params = MethodParams()
     params.swn.reg_inputs = 1
     ms1, crit1 = criterion_for("swn", params)
+    ms1.methods[0].pieces_on_cpu = False
     ms1.methods[0].net.G.register_forward_hook(lambda module, inputs, output: seen.update(reg1=inputs[0].detach()))
     crit1(rec)
     torch.testing.assert_close(seen["reg1"][rec.pos_idx, 0], reg4.sum(1))
@@ -473,6 +476,62 @@ def test_swn_clips_the_weights():
                                rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(parts["reg"], math.exp(2.0) * reg.sum() / rec.num_pos - 0.5 * 2.0,
                                rtol=1e-4, atol=1e-4)
+
+
+def _spread_network(net: SampleWeightingNetwork, seed: int, out_scale: float) -> None:
+    """Weights of a trained-looking network: kinks inside the loss range, larger outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.4)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+        net.W[-1].weight.mul_(out_scale)
+
+
+@pytest.mark.parametrize("case", ["near_init", "spread", "partly_clipped"])
+def test_swn_negatives_from_the_network_pieces_equal_the_network_on_every_anchor(case):
+    """The CPU path (SampleWeightingNetwork.clipped_cls_sum for the negatives) gives the loss and
+    the gradients of running the network on every anchor: float64 checks the arithmetic, float32
+    the trainer's precision (the issue's "same loss values to 1e-6")."""
+    rec, _ = make_record(seed=21)
+    cls, reg4 = base_losses(rec, per_coordinate=True)
+    cls, reg4 = cls.sum(1).detach(), reg4.detach()
+    state = SWN(MethodParams().swn).net.state_dict()
+    if case != "near_init":
+        net = SWN(MethodParams().swn).net
+        _spread_network(net, 0, 1.0 if case == "partly_clipped" else 0.1)
+        if case == "partly_clipped":  # shift the output so the clip at -2 cuts the negatives in two
+            z = torch.zeros(rec.num_samples)
+            with torch.no_grad():
+                m, _ = net(cls, torch.zeros(rec.num_samples, 4), z, z)
+                net.W[-1].bias[0] += -2.0 - m[~rec.pos_mask].median()
+                m, _ = net(cls, torch.zeros(rec.num_samples, 4), z, z)
+            assert 0.2 < float((m[~rec.pos_mask] < -2.0).float().mean()) < 0.8
+        state = net.state_dict()
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        for fast in (True, False):
+            method = SWN(MethodParams().swn)
+            method.net.load_state_dict(state)
+            method.net.to(dtype)
+            method.pieces_on_cpu = fast
+            total = sum(method.reduce(rec, cls.to(dtype), reg4.to(dtype))[:2])
+            total.backward()
+            out[dtype, fast] = (total.detach(), [q.grad.clone() for q in method.net.parameters()])
+    ref_loss, ref_grads = out[torch.float64, False]
+    # float64: the same arithmetic
+    torch.testing.assert_close(out[torch.float64, True][0], ref_loss, rtol=1e-10, atol=1e-10)
+    for a, b in zip(out[torch.float64, True][1], ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * max(1e-3, float(b.abs().max())))
+    # float32, the trainer's precision: the same loss value to 1e-6, gradients as close to the
+    # float64 reference as the float32 network on every anchor is (or closer)
+    torch.testing.assert_close(out[torch.float32, True][0], out[torch.float32, False][0], rtol=1e-6, atol=1e-6)
+    for fast_g, dense_g, b in zip(out[torch.float32, True][1], out[torch.float32, False][1], ref_grads):
+        scale = float(b.abs().max()) + 1e-12
+        err_fast = float((fast_g.double() - b).abs().max()) / scale
+        err_dense = float((dense_g.double() - b).abs().max()) / scale
+        assert err_fast <= max(err_dense, 1e-5), (err_fast, err_dense)
 
 
 def test_swn_gradients_reach_its_parameters_and_the_detector():
@@ -498,6 +557,7 @@ def test_pisa_then_swn_multiplies_swn_sees_isr_weighted_loss():
     ms, crit = criterion_for("swn,pisa")
     assert [m.name for m in ms.methods] == ["pisa", "swn"]  # SWN always last
     swn = ms.methods[1]
+    swn.pieces_on_cpu = False  # F sees every sample's loss
     seen = {}
     def grab(module, inputs, output):
         seen["cls"] = inputs[0].detach().squeeze(1)

@@ -294,12 +294,14 @@ class FasterRCNNLoss:
         self.anchor_levels, self.num_levels = anchor_levels(per_level, device), len(per_level)
         self.rpn_coder, self.roi_coder = BoxCoder(RPN_BOX_WEIGHTS), BoxCoder(ROI_BOX_WEIGHTS)
         sampler = methods.sampler
-        # RPN: every anchor for Sampling-Free and noisy anchors (unless random sampling is named too)
-        self.rpn_dense = bool(names & {"sampling_free", "noisy_anchors"}) and sampler != "random"
-        self.roi_mode = sampler or ("all" if "sampling_free" in names else "random")
         sf = cfg.methods.sampling_free
-        self.rpn_pos_norm = sf.rpn_pos_norm if "sampling_free" in names else 1.0
-        self.roi_pos_norm = sf.roi_pos_norm if "sampling_free" in names else 1.0
+        sf_rpn = "sampling_free" in names and "rpn" in sf.heads
+        sf_roi = "sampling_free" in names and "roi" in sf.heads
+        # RPN: every anchor for Sampling-Free and noisy anchors (unless random sampling is named too)
+        self.rpn_dense = (sf_rpn or "noisy_anchors" in names) and sampler != "random"
+        self.roi_mode = sampler or ("all" if sf_roi else "random")
+        self.rpn_pos_norm = sf.rpn_pos_norm if sf_rpn else 1.0
+        self.roi_pos_norm = sf.roi_pos_norm if sf_roi else 1.0
         matcher = TargetAssigner(anchors, self.rpn_coder, rule=methods.assigner, fg_iou=rc.rpn_fg_iou,
                                  bg_iou=rc.rpn_bg_iou, allow_low_quality=True, topn=cfg.methods.noisy_anchors.topn)
         self.stats_assigner = matcher  # Sampling-Free's N_f / N: the RPN anchors
