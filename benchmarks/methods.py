@@ -1,33 +1,45 @@
-"""Every method on the embedded default: accuracy, diagnostics and training step time, one run.
+"""Every method on the embedded default, over several seeds: accuracy with paired intervals,
+diagnostics and training step time.
 
-Phase 1 (timing): the trainers of all methods step on the *same* batches, round-robin, so
-machine noise hits them equally; the step time of each is a median and its ratio to the baseline
-(``focal`` for RetinaNet, ``random`` for Faster R-CNN) is reported. Host-side anchor assignment
-runs in the data-loader workers during training, so it is excluded from the step here too.
+Accuracy (phase 1): each (method, seed) trains for the same iterations on the same data and is
+evaluated on the val split, at the model's own score threshold and at 0.001 (so a ranking is
+not decided by the threshold cut). Each run's numbers are kept in one JSON record,
+``benchmarks/results/methods/<arch>[-<tag>]/<method>__seed<k>.json``: a later session adds
+seeds or methods and reuses every record whose settings match (iterations, overrides, config).
+Runs go in parallel (``--jobs``, each process single-threaded: on a 2-core CPU two such
+trainings finish ~1.7x sooner in total than one on two threads).
 
-Phase 2 (accuracy): each method trains for the same iterations on the same data and seed and is
-evaluated on the val split (runs are reused when their ``metrics.json`` matches the settings).
+Table (phase 3): per method, mean ± sample std over its seeds of AP, AP50, AP75 and AP at score
+threshold 0.001, and the paired difference to the baseline (``focal`` for RetinaNet, ``random``
+for Faster R-CNN) over the seeds both have: mean and 95 % t-interval (``t_{0.975, n-1}·s/√n``).
+An interval that excludes 0 is a measured difference; 3 seeds give a wide interval.
+
+Step time (phase 2, skipped with ``--accuracy-only``): the trainers of all methods step on the
+*same* batches, round-robin, so machine noise hits them equally; each is a median, its ratio to
+the baseline's is reported. Host-side anchor assignment runs in the loader workers during
+training, so it is excluded here too.
+
 Diagnostics: mean score of positives with IoU >= 0.9 vs 0.5-0.6 after regression (IoU-balanced
-Fig. 2, PISA Fig. 9), mean score of IoU-HLR ranks 0-4 vs 50+ (PISA Fig. 8), the score-IoU Pearson
-correlation over training positives and before NMS on val (noisy anchors Table 7), SWN's mean
-weights (SWN Fig. A.2) and the cls/reg loss ratio at the end (Sampling-Free Fig. 3).
+Fig. 2, PISA Fig. 9), score-IoU correlation over training positives and before NMS on val (noisy
+anchors Table 7), SWN's mean weights (SWN Fig. A.2) and the cls/reg loss ratio at the end.
 
-    python benchmarks/methods.py --data data/synth --iters 3000
-    python benchmarks/methods.py --data data/synth --arch faster_rcnn --iters 2000
+    python benchmarks/methods.py --data data/synth --seeds 0,1,2 --jobs 2
+    python benchmarks/methods.py --data data/synth --arch faster_rcnn --iters 1000 --seeds 0,1,2 --jobs 2
 
-On a 2-core CPU two single-threaded trainings run about 1.7x faster in total than one trainer on
-two threads, so the accuracy runs can be split: ``OMP_NUM_THREADS=1 ... --accuracy-only
---methods "focal;pisa"`` and another on the rest, then the plain command reuses every finished run
-(same ``--iters``) and only adds the step timing and the table.
-
-Results: ``benchmarks/results/methods_<arch>.{json,md}``.
+A method is a ``--method`` spec (``pisa,swn``), optionally with config overrides after ``@``
+(``sampling_free@methods.sampling_free.bias_init=false``, several joined by ``+``). Its config is
+``configs/<model>_<last method>.yaml`` when that file exists (the shipped, tuned settings), else
+the baseline's ``configs/<model>.yaml``, with ``loss.method`` set to the spec.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,40 +54,198 @@ from swdet.table import format_table  # noqa: E402
 
 RETINA_METHODS = ["focal", "bce", "ghm", "sampling_free", "pisa", "iou_balanced", "noisy_anchors", "swn", "pisa,swn"]
 RCNN_METHODS = ["random", "ohem", "pisa", "swn", "sampling_free", "noisy_anchors"]
+MODELS = {"retinanet": "retinanet_tiny", "faster_rcnn": "faster_rcnn_tiny"}
+# two-sided 95 % quantiles of Student's t, df = 1..30 (then the normal's 1.96)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
 
 
-def config(arch: str, method: str, data: Path, iters: int, extra: list[str]):
-    name = "retinanet_tiny" if arch == "retinanet" else "faster_rcnn_tiny"
-    cfg_file = ROOT / "configs" / f"{name}.yaml"
-    sets = [f"data.root={data}", f"loss.method={method}", f"train.iters={iters}", *extra]
-    return load_config(cfg_file if cfg_file.is_file() else None,
-                       sets if cfg_file.is_file() else [f"model={name}", *sets])
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``"pisa,swn@a=1+b=2"`` -> ``("pisa,swn", ["a=1", "b=2"])``."""
+    method, _, rest = spec.partition("@")
+    return method, [s for s in rest.split("+") if s]
 
 
-def time_steps(arch, methods, data, steps: int, rounds: int, extra) -> dict[str, float]:
+def slug(spec: str) -> str:
+    return spec.replace(",", "+").replace("@", "__").replace("=", "-").replace("/", "_")
+
+
+def config_file(arch: str, method: str) -> Path:
+    model = MODELS[arch]
+    own = ROOT / "configs" / f"{model}_{method.split(',')[-1]}.yaml"
+    return own if own.is_file() else ROOT / "configs" / f"{model}.yaml"
+
+
+def config(arch: str, spec: str, data: Path, iters: int | None, extra: list[str], seed: int | None = None):
+    method, overrides = split_spec(spec)
+    sets = [f"loss.method={method}", *overrides, *extra]
+    if not any(s.startswith(("data.root=", "data.train_ann=")) for s in extra):
+        sets.insert(0, f"data.root={data}")
+    if iters:
+        sets.append(f"train.iters={iters}")
+    if seed is not None:
+        sets.append(f"train.seed={seed}")
+    return load_config(config_file(arch, method), sets)
+
+
+def t975(df: int) -> float:
+    return T975[df - 1] if 1 <= df <= len(T975) else 1.96
+
+
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """Paired difference a - b over the seeds both have: mean, 95 % t-interval, n."""
+    seeds = sorted(set(a) & set(b))
+    d = [a[s] - b[s] for s in seeds]
+    if len(d) < 2:
+        return {"n": len(d), "mean": d[0] if d else None, "lo": None, "hi": None}
+    m, sd = statistics.fmean(d), statistics.stdev(d)
+    half = t975(len(d) - 1) * sd / math.sqrt(len(d))
+    return {"n": len(d), "mean": m, "lo": m - half, "hi": m + half}
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: one (method, seed) run -> one record
+
+
+def record_path(args, spec: str, seed: int) -> Path:
+    return args.records / f"{slug(spec)}__seed{seed}.json"
+
+
+def settings(args, spec: str) -> dict:
+    return {"iters": args.iters, "sets": list(args.sets), "config": str(config_file(args.arch, split_spec(spec)[0])
+                                                                         .relative_to(ROOT))}
+
+
+def have_record(args, spec: str, seed: int) -> bool:
+    p = record_path(args, spec, seed)
+    if not p.is_file():
+        return False
+    rec = json.loads(p.read_text())
+    return all(rec.get(k) == v for k, v in settings(args, spec).items())
+
+
+def log_tail_means(log: Path, keys=("cls", "reg", "swn/w_cls_pos", "swn/w_cls_neg", "swn/w_reg")) -> dict:
+    if not log.is_file():
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    tail = rows[-max(1, len(rows) // 10):]
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in tail if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def run_one(args, spec: str, seed: int) -> dict:
+    """Train and evaluate one (method, seed); write and return its record."""
+    from swdet.inference import evaluate_runtime
+    from swdet.serve.runtimes import load_runtime
+    from swdet.train.engine import train
+
+    cfg = config(args.arch, spec, args.data, args.iters, args.sets, seed)
+    cfg.name = spec
+    run = args.runs / slug(spec) / f"seed{seed}"
+    t0 = time.perf_counter()
+    summary = train(cfg, run, progress=not args.quiet, evaluate=True)
+    wall = time.perf_counter() - t0
+    metrics = json.loads((run / "metrics.json").read_text())
+    # AP with the score threshold at 0.001: the ranking without the threshold's cut
+    rt = load_runtime(run, device="cpu", score_threshold=0.001)
+    low = evaluate_runtime(rt, dataset=_val_dataset(cfg, rt.imgsz), batch_size=8, progress=False).result.stats
+    rec = {
+        "arch": args.arch, "method": spec, "seed": seed, **settings(args, spec),
+        **{k: metrics.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+        "at_0.001": {k: low.get(k) for k in ("AP", "AP50", "AP75")},
+        "score_threshold": metrics.get("threshold", {}).get("theta"),
+        "diagnostics": metrics.get("diagnostics", {}),
+        "loss_tail": log_tail_means(run / "log.jsonl"),
+        "train_time_s": summary.get("train_time_s"), "wall_s": round(wall, 1),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+    }
+    path = record_path(args, spec, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=2))
+    return rec
+
+
+def _val_dataset(cfg, imgsz: int):
+    from swdet.data.coco import CocoDetection
+    from swdet.data.splits import find_split
+
+    ann, images = find_split(cfg.data, "val")
+    return CocoDetection(ann, images, imgsz=imgsz, train=False)
+
+
+def run_all(args, specs: list[str], seeds: list[int]) -> None:
+    """Every missing (method, seed) record, ``--jobs`` single-threaded processes at a time."""
+    todo = [(s, k) for s in specs for k in seeds if not have_record(args, s, k)]
+    if not todo:
+        return
+    if args.jobs <= 1:
+        for spec, seed in todo:
+            run_one(args, spec, seed)
+        return
+    base = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--arch", args.arch,
+            "--runs", str(args.runs), "--records", str(args.records), "--quiet"]
+    base += ["--iters", str(args.iters)] if args.iters else []
+    for s in args.sets:
+        base += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: list[tuple[subprocess.Popen, str]] = []
+    logs = args.runs / "_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            spec, seed = todo.pop(0)
+            name = f"{slug(spec)}__seed{seed}"
+            with open(logs / f"{name}.log", "w") as fh:
+                proc = subprocess.Popen([*base, "--one", spec, "--seeds", str(seed)], env=env, stdout=fh,
+                                        stderr=subprocess.STDOUT)
+            running.append((proc, name))
+            print(f"started {name}", flush=True)
+        time.sleep(5)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                print(f"finished {name}: exit {proc.returncode}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: step time, round-robin on the same batches
+
+
+def time_steps(args, specs: list[str]) -> dict[str, float]:
     from swdet.data.loader import build_loader, iterate_batches
     from swdet.train.engine import Trainer
 
     trainers = {}
-    for m in methods:
-        tr = Trainer(config(arch, m, data, 10**6, [*extra, "data.workers=0"]), ROOT / "runs" / "_timing" / m,
-                     progress=False)
+    for spec in specs:
+        tr = Trainer(config(args.arch, spec, args.data, 10**6, [*args.sets, "data.workers=0"]),
+                     args.runs / "_timing" / slug(spec), progress=False)
         tr.setup()
         tr.module.train()
-        trainers[m] = tr
+        trainers[spec] = tr
     first = next(iter(trainers.values()))
     loader = build_loader(first.train_set, first.cfg.train.batch_size, train=True, workers=0, seed=1)
     stream = iter(iterate_batches(loader))
-    batches = [next(stream)[1] for _ in range(steps)]
+    batches = [next(stream)[1] for _ in range(args.timing_steps)]
     assigned = {m: [(im, tr.loss.assigner.assign(t)) for im, t in batches] for m, tr in trainers.items()}
-    times = {m: [] for m in methods}
-    for r in range(rounds):
-        order = methods if r % 2 == 0 else methods[::-1]
+    times: dict[str, list[float]] = {m: [] for m in specs}
+    for r in range(args.timing_rounds):
+        order = specs if r % 2 == 0 else specs[::-1]
         for m in order:
             tr = trainers[m]
             for i, (im, a) in enumerate(assigned[m]):
                 t = time.perf_counter()
-                ok, _ = tr.step(im, a, 1000 + i)  # past the warmup: full learning rate
+                tr.step(im, a, 1000 + i)  # past the warmup: full learning rate
                 if tr.device.type == "cuda":
                     torch.cuda.synchronize()
                 if r > 0 or i > 1:  # the first steps of the first round warm up
@@ -83,124 +253,121 @@ def time_steps(arch, methods, data, steps: int, rounds: int, extra) -> dict[str,
     return {m: statistics.median(v) * 1e3 for m, v in times.items()}
 
 
-def accuracy(arch, method, data, iters, out_root: Path, extra) -> dict:
-    from swdet.train.engine import train
-
-    run = out_root / f"{arch}_{method.replace(',', '+')}"
-    metrics_file = run / "metrics.json"
-    if metrics_file.is_file():
-        m = json.loads(metrics_file.read_text())
-        if m.get("train", {}).get("iterations") == iters:
-            return m
-    cfg = config(arch, method, data, iters, extra)
-    cfg.name = method
-    train(cfg, run, progress=True, evaluate=True)
-    return json.loads(metrics_file.read_text())
+# ---------------------------------------------------------------------------------------------
+# Phase 3: the table
 
 
-def row_from(method: str, m: dict, step_ms: float | None, base_ms: float | None, log: Path) -> dict:
-    d = m.get("diagnostics", {})
-    last = {}
-    if log.is_file():
-        rows = [json.loads(line) for line in log.read_text().splitlines()]
-        tail = rows[-max(1, len(rows) // 10):]
-        for k in ("cls", "reg", "swn/w_cls_pos", "swn/w_cls_neg", "swn/w_reg"):
-            vals = [r[k] for r in tail if isinstance(r.get(k), (int, float))]
-            if vals:
-                last[k] = sum(vals) / len(vals)
-
-    def ratio(a, b):
-        return round(a / b, 3) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
-
-    return {
-        "method": method, "AP": m.get("AP"), "AP50": m.get("AP50"), "AP75": m.get("AP75"),
-        "score@IoU.9+": d.get("diag/score_iou_0.9-1.0"), "score@IoU.5-.6": d.get("diag/score_iou_0.5-0.6"),
-        "hiIoU/loIoU": ratio(d.get("diag/score_iou_0.9-1.0"), d.get("diag/score_iou_0.5-0.6")),
-        "score@HLR0-4": d.get("diag/score_rank_0-4"), "score@HLR50+": d.get("diag/score_rank_50-99"),
-        "corr_train": d.get("diag/score_iou_corr"), "corr_preNMS": d.get("eval/prenms_score_iou_corr"),
-        "cls/reg": ratio(last.get("cls"), last.get("reg")),
-        "swn_w(pos,neg,reg)": (f"{last['swn/w_cls_pos']:.2f},{last['swn/w_cls_neg']:.2f},{last['swn/w_reg']:.2f}"
-                               if "swn/w_reg" in last else None),
-        "step_ms": round(step_ms, 1) if step_ms else None,
-        "step_ratio": ratio(step_ms, base_ms),
-        "train_s": round(m.get("train", {}).get("train_time_s", 0), 1),
-    }
+def load_records(args, spec: str) -> list[dict]:
+    out = []
+    for p in sorted(args.records.glob(f"{slug(spec)}__seed*.json")):
+        rec = json.loads(p.read_text())
+        if all(rec.get(k) == v for k, v in settings(args, spec).items()):
+            out.append(rec)
+    return out
 
 
-def nobias_row(args) -> dict:
-    """Sampling-Free without its optimal bias initialization (the paper's ablation: a BCE run that
-    should stall or diverge); a run that stops is recorded as such and not retried."""
-    from swdet.train.engine import train
+def _pm(m: float | None, sd: float | None, scale: float = 100.0) -> str | None:
+    if m is None:
+        return None
+    return f"{m * scale:.1f}" + (f" ± {sd * scale:.1f}" if sd is not None else "")
 
-    label = "sampling_free (no bias init)"
-    run = args.runs / f"{args.arch}_sampling_free_nobias"
-    stopped = run / "stopped.json"
-    if stopped.is_file():
-        return json.loads(stopped.read_text())
-    metrics_file = run / "metrics.json"
-    if not (metrics_file.is_file()
-            and json.loads(metrics_file.read_text()).get("train", {}).get("iterations") == args.iters):
-        cfg = config(args.arch, "sampling_free", args.data, args.iters,
-                     [*args.sets, "methods.sampling_free.bias_init=false"])
-        cfg.name = "sampling_free_nobias"
-        try:
-            train(cfg, run, progress=True, evaluate=True)
-        except Exception as e:  # noqa: BLE001 - divergence is the expected outcome to record
-            row = {"method": label, "AP": None, "note": f"stopped: {e}"}
-            run.mkdir(parents=True, exist_ok=True)
-            stopped.write_text(json.dumps(row))
-            return row
-    return row_from(label, json.loads(metrics_file.read_text()), None, None, run / "log.jsonl")
+
+def _delta(d: dict, scale: float = 100.0) -> str | None:
+    if d["mean"] is None:
+        return None
+    if d["lo"] is None:
+        return f"{d['mean'] * scale:+.1f}"
+    mark = " *" if d["lo"] > 0 or d["hi"] < 0 else ""
+    return f"{d['mean'] * scale:+.1f} [{d['lo'] * scale:+.1f}, {d['hi'] * scale:+.1f}]{mark}"
+
+
+def summarize(specs: list[str], base: str, recs: dict[str, list[dict]], step: dict[str, float]) -> list[dict]:
+    def by_seed(spec, key, low=False):
+        return {r["seed"]: (r["at_0.001"] if low else r)[key] for r in recs[spec]
+                if isinstance((r["at_0.001"] if low else r).get(key), (int, float))}
+
+    rows = []
+    for spec in specs:
+        rs = recs[spec]
+        row: dict = {"method": spec, "seeds": len(rs)}
+        for key, label in (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75")):
+            row[label] = _pm(*mean_sd(list(by_seed(spec, key).values())))
+        row["AP@.001"] = _pm(*mean_sd(list(by_seed(spec, "AP", low=True).values())))
+        row["ΔAP vs " + base] = _delta(paired(by_seed(spec, "AP"), by_seed(base, "AP"))) if spec != base else None
+        row["ΔAP@.001"] = (_delta(paired(by_seed(spec, "AP", True), by_seed(base, "AP", True)))
+                           if spec != base else None)
+        diag = [r["diagnostics"] for r in rs]
+
+        def dmean(key):
+            vals = [d[key] for d in diag if isinstance(d.get(key), (int, float))]
+            return statistics.fmean(vals) if vals else None
+
+        hi, lo = dmean("diag/score_iou_0.9-1.0"), dmean("diag/score_iou_0.5-0.6")
+        row["score hiIoU/loIoU"] = round(hi / lo, 2) if hi and lo else None
+        row["corr train"] = dmean("diag/score_iou_corr")
+        row["corr preNMS"] = dmean("eval/prenms_score_iou_corr")
+        tails = [r.get("loss_tail", {}) for r in rs]
+        sw = [t for t in tails if "swn/w_reg" in t]
+        row["SWN w cls(pos,neg), reg"] = (
+            ", ".join(f"{statistics.fmean(t[k] for t in sw):.2f}" for k in ("swn/w_cls_pos", "swn/w_cls_neg", "swn/w_reg"))
+            if sw else None)
+        row["step ms"] = round(step[spec], 1) if spec in step else None
+        row["step / " + base] = round(step[spec] / step[base], 3) if spec in step and base in step else None
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--arch", choices=["retinanet", "faster_rcnn"], default="retinanet")
-    ap.add_argument("--methods", help="comma-separated subset (';' separates composed methods)")
-    ap.add_argument("--iters", type=int, default=3000)
+    ap.add_argument("--arch", choices=sorted(MODELS), default="retinanet")
+    ap.add_argument("--methods", help="';'-separated method specs (default: every method of the detector)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    ap.add_argument("--iters", type=int, default=0, help="training iterations (0: the config's recipe)")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings in parallel, one thread each")
     ap.add_argument("--timing-steps", type=int, default=6)
     ap.add_argument("--timing-rounds", type=int, default=4)
-    ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--accuracy-only", action="store_true",
-                    help="only train and evaluate the runs (no timing, no table): start several of these "
-                         "on disjoint --methods in parallel, then one full invocation reuses the runs")
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "methods")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra config override")
+    ap.add_argument("--accuracy-only", action="store_true", help="no step timing")
+    ap.add_argument("--timing-only", action="store_true", help="no training: step timing and the table")
+    ap.add_argument("--tag", default="", help="a name for this set of records (e.g. a tuning split)")
+    ap.add_argument("--runs", type=Path, default=None, help="run directories (default runs/methods/<arch>[-tag])")
+    ap.add_argument("--records", type=Path, default=None)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    methods = args.methods.split(";") if args.methods else (RETINA_METHODS if args.arch == "retinanet"
-                                                             else RCNN_METHODS)
-    base = methods[0]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.accuracy_only:
-        for method in methods:
-            accuracy(args.arch, method, args.data, args.iters, args.runs, args.sets)
-        if args.arch == "retinanet" and "sampling_free" in methods:
-            nobias_row(args)
+    name = args.arch + (f"-{args.tag}" if args.tag else "")
+    args.runs = args.runs or ROOT / "runs" / "methods" / name
+    args.records = args.records or ROOT / "benchmarks" / "results" / "methods" / name
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.one:  # a worker of run_all
+        run_one(args, args.one, seeds[0])
         return
-    step = time_steps(args.arch, methods, args.data, args.timing_steps, args.timing_rounds, args.sets)
-    print(json.dumps({"step_ms": step}))
-    rows = []
-    extra_rows = args.arch == "retinanet" and "sampling_free" in methods
-    for method in methods:
-        m = {} if args.skip_accuracy else accuracy(args.arch, method, args.data, args.iters, args.runs, args.sets)
-        log = args.runs / f"{args.arch}_{method.replace(',', '+')}" / "log.jsonl"
-        rows.append(row_from(method, m, step.get(method), step.get(base), log))
-        print(json.dumps(rows[-1]))
-    if extra_rows and not args.skip_accuracy:
-        rows.append(nobias_row(args))
-    title = (f"methods on the embedded default ({args.arch}, {args.iters} iters, {device}, "
-             f"step ratio vs {base} measured round-robin in one run"
-             + (f"; overrides: {' '.join(args.sets)}" if args.sets else "") + ")")
+    specs = args.methods.split(";") if args.methods else (RETINA_METHODS if args.arch == "retinanet"
+                                                          else RCNN_METHODS)
+    base = specs[0]
+    if not args.timing_only:
+        run_all(args, specs, seeds)
+    step = {} if args.accuracy_only else time_steps(args, specs)
+    recs = {s: load_records(args, s) for s in specs}
+    rows = summarize(specs, base, recs, step)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    iters = args.iters or config(args.arch, base, args.data, 0, args.sets).train.iters
+    title = (f"{MODELS[args.arch]}, {iters} iterations, seeds {args.seeds}, {device}; AP in points (x100), "
+             f"mean ± std over seeds; Δ: paired difference to {base} with its 95 % t-interval (* excludes 0)"
+             + (f"; overrides: {' '.join(args.sets)}" if args.sets else ""))
     table = format_table(rows, title=title)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"methods_{args.arch}"
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "iters": args.iters, "device": device,
-                                                     "sets": args.sets, "command": " ".join(sys.argv),
-                                                     "torch": torch.__version__, "step_ms": step}, indent=2))
-    stem.with_suffix(".md").write_text("```\n" + table + "\n```\n")
+    stem = args.out / f"methods_{name}"
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"rows": rows, "iters": iters, "seeds": seeds, "device": device, "sets": args.sets,
+         "command": "python " + " ".join(sys.argv), "torch": torch.__version__, "step_ms": step,
+         "records": str(args.records.relative_to(ROOT)) if args.records.is_relative_to(ROOT) else str(args.records)},
+        indent=2))
+    stem.with_suffix(".md").write_text(format_table(rows, title=title, markdown=True) + "\n\n`python "
+                                       + " ".join(sys.argv) + "`\n")
 
 
 if __name__ == "__main__":

@@ -157,8 +157,13 @@ class FocalParams:
 
 @dataclass
 class GHMParams:
-    bins: int = 10
+    """GHM-C (Li et al., AAAI 2019) as in the authors' mmdetection code: a gradient-density
+    histogram of ``bins`` regions per FPN level, one running average (momentum) shared by the
+    level calls, started at zero. ``per_level: false`` takes one histogram over all levels."""
+
+    bins: int = 30
     momentum: float = 0.75
+    per_level: bool = True
 
 
 @dataclass
@@ -175,6 +180,11 @@ class IoUBalancedParams:
     eta: float = 1.5
     lam: float = 1.5
     w_loc: float = 0.0  # 0 = fixed on the first batch so the localization loss sum is unchanged
+    # which classification elements of a positive get iou^eta: "gt" (its ground-truth class, the
+    # authors' code) or "all" (every class, the other reading of the paper's Eq. 1)
+    cls_elements: str = "gt"
+    # where the weights are normalized (Eq. 2): "level" (each FPN level, the authors' code) or "batch"
+    normalize: str = "level"
 
 
 @dataclass
@@ -187,6 +197,9 @@ class SamplingFreeParams:
     # positives' per-coordinate mean box loss, halved in the RPN; keeps the sampled baseline's scale)
     rpn_pos_norm: float = 8.0
     roi_pos_norm: float = 4.0
+    # Faster R-CNN: the heads that train without sampling (the paper's Table 4 ablation: rpn, roi
+    # or both); a head left out keeps the baseline's random sampling and loss
+    heads: list[str] = field(default_factory=lambda: ["rpn", "roi"])
 
 
 @dataclass
@@ -198,12 +211,39 @@ class NoisyAnchorsParams:
 
 @dataclass
 class SWNParams:
-    hidden: int = 32
+    """SWN (Cai et al., CVPR 2020); defaults as in the authors' code (sample-weighting-network).
+
+    ``exp_scale``: the weight is ``exp(-exp_scale·m)``: 1 in the code, 2 in the paper's Eq. 9.
+    ``groups``: how the classification ``m`` is shared over the batch: ``auto`` (the code: one
+    mean over all anchors on RetinaNet, ``all``; the positives' and the negatives' means in a RoI
+    head, ``pos_neg``), or ``all`` / ``pos_neg`` on every head (``pos_neg`` is the paper's App. A.1.2).
+    ``reg_inputs``: 4 feeds the per-coordinate regression loss to the network (the code), 1 the
+    summed loss (the paper's ``L_i^reg``). ``hidden``: 64 in the code.
+    """
+
+    hidden: int = 64
     lam: float = 0.5
     clip: float = 2.0
+    exp_scale: float = 1.0
+    groups: str = "auto"
+    reg_inputs: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
     init_std: float = 1e-4
+
+
+@dataclass
+class OHEMParams:
+    """Online hard example mining in a RoI head (``--method ohem``).
+
+    ``selection``: ``mmdet`` (mmdetection's ``OHEMSampler``, what users compare with: the hardest
+    positives and, for the rest of the batch, the hardest negatives, each ranked by classification
+    loss at the sampler's fraction) or ``paper`` (Shrivastava et al. 2016: NMS at ``nms_iou`` over
+    the RoIs ranked by classification + box loss, then the ``roi_batch`` hardest, any mix).
+    """
+
+    selection: str = "mmdet"
+    nms_iou: float = 0.7
 
 
 @dataclass
@@ -215,6 +255,7 @@ class MethodParams:
     sampling_free: SamplingFreeParams = field(default_factory=SamplingFreeParams)
     noisy_anchors: NoisyAnchorsParams = field(default_factory=NoisyAnchorsParams)
     swn: SWNParams = field(default_factory=SWNParams)
+    ohem: OHEMParams = field(default_factory=OHEMParams)
 
 
 @dataclass
@@ -526,6 +567,19 @@ def validate(cfg: Config, source: str = "config") -> None:
         (cfg.methods.sampling_free.guided_factor > 0, "methods.sampling_free.guided_factor", "positive"),
         (cfg.methods.swn.clip > 0, "methods.swn.clip", "positive"),
         (cfg.methods.swn.lr > 0, "methods.swn.lr", "positive"),
+        (cfg.methods.swn.hidden >= 1, "methods.swn.hidden", "at least 1"),
+        (cfg.methods.swn.exp_scale > 0, "methods.swn.exp_scale", "positive"),
+        (cfg.methods.swn.groups in ("auto", "all", "pos_neg"), "methods.swn.groups", "auto, all or pos_neg"),
+        (cfg.methods.swn.reg_inputs in (1, 4), "methods.swn.reg_inputs", "1 or 4"),
+        (cfg.methods.swn.reg_inputs == 1 or cfg.loss.reg_loss != "giou", "methods.swn.reg_inputs",
+         "1 with loss.reg_loss giou (a per-coordinate loss feeds 4 inputs)"),
+        (cfg.methods.iou_balanced.cls_elements in ("gt", "all"), "methods.iou_balanced.cls_elements", "gt or all"),
+        (cfg.methods.iou_balanced.normalize in ("level", "batch"), "methods.iou_balanced.normalize",
+         "level or batch"),
+        (cfg.methods.ohem.selection in ("mmdet", "paper"), "methods.ohem.selection", "mmdet or paper"),
+        (len(cfg.methods.sampling_free.heads) >= 1 and set(cfg.methods.sampling_free.heads) <= {"rpn", "roi"},
+         "methods.sampling_free.heads", "a non-empty list of rpn, roi"),
+        (0 < cfg.methods.ohem.nms_iou <= 1, "methods.ohem.nms_iou", "in (0, 1]"),
         (cfg.methods.ghm.bins >= 1, "methods.ghm.bins", "at least 1"),
         (0 <= cfg.methods.ghm.momentum < 1, "methods.ghm.momentum", "in [0, 1)"),
         (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou"), "loss.reg_loss", "smooth_l1, l1 or giou"),

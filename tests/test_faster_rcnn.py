@@ -13,7 +13,7 @@ import torch
 from swdet.export import export_onnx
 from swdet.train.assign import IGNORE, NEGATIVE
 from swdet.train.methods import FASTER_RCNN_METHODS, build_methods
-from swdet.train.rcnn_loss import sample_hardest, sample_labels, sample_random
+from swdet.train.rcnn_loss import sample_hardest, sample_hardest_nms, sample_labels, sample_random
 from swdet.deploy.trt_rules import check_tensorrt_compat, format_problems, has_errors
 from test_export_onnx import assert_same_detections, run_ort
 
@@ -107,6 +107,19 @@ def test_sampling_free_bias_init_only_in_the_rpn(synth_data, tmp_path):
     assert torch.count_nonzero(noisy.box_head.cls_score.bias) == 0
     base = _trainer(synth_data, tmp_path, "random").module.detector
     assert torch.count_nonzero(base.rpn_head.cls_logits.bias) == 0
+
+
+@pytest.mark.parametrize("heads, rpn_dense, roi_mode", [("[rpn]", True, "random"), ("[roi]", False, "all")])
+def test_sampling_free_in_one_head_only(synth_data, tmp_path, heads, rpn_dense, roi_mode):
+    """The paper's Table 4 ablation: Sampling-Free in the RPN only or the RoI head only; the other
+    head keeps random sampling, its plain loss and (RPN) its plain initialization."""
+    trainer = _trainer(synth_data, tmp_path, "sampling_free", f"methods.sampling_free.heads={heads}")
+    loss = trainer.loss
+    assert loss.rpn_dense == rpn_dense and loss.roi_mode == roi_mode
+    assert [m.name for m in loss.rpn_methods] == (["sampling_free"] if rpn_dense else [])
+    assert [m.name for m in loss.roi_methods] == (["sampling_free"] if roi_mode == "all" else [])
+    bias = trainer.module.detector.rpn_head.cls_logits.bias
+    assert (torch.count_nonzero(bias) > 0) == rpn_dense  # the optimal bias only where it trains densely
 
 
 def _batch(trainer):
@@ -233,13 +246,32 @@ def test_roi_sampling_512_at_most_a_quarter_foreground():
     assert not (ok & (picked == IGNORE)).any()
     for row, k in zip(idx, n_all):  # no RoI twice
         assert row[:k].unique().numel() == k
-    # OHEM: the highest losses among the non-ignored
-    losses = torch.rand(b, m)
-    idx, ok = sample_hardest(labels, losses, 512)
-    valid = labels != IGNORE
-    for i in range(b):
-        want = torch.where(valid[i], losses[i], torch.tensor(-1.0)).topk(min(512, int(valid[i].sum()))).indices
-        assert set(idx[i][ok[i]].tolist()) == set(want.tolist())
+
+
+def test_ohem_selection_on_a_crafted_roi_set():
+    """mmdetection's OHEMSampler: the hardest foreground by classification loss up to the
+    fraction, then the hardest background; the paper: NMS 0.7 over the RoIs ranked by cls + box
+    loss, then the hardest of any kind."""
+    rois = torch.tensor([[[0, 0, 10, 10], [0, 0, 10, 10.5], [20, 20, 30, 30], [40, 40, 50, 50],
+                          [40, 40, 50, 51], [60, 60, 70, 70], [80, 80, 90, 90], [0, 40, 10, 50]]]).float()
+    labels = torch.tensor([[1, 1, 0, NEGATIVE, NEGATIVE, NEGATIVE, NEGATIVE, IGNORE]])
+    ce = torch.tensor([[0.5, 2.0, 0.1, 3.0, 2.9, 0.2, 1.0, 9.0]])
+    box = torch.tensor([[1.0, 0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    # a second image with two candidates: both, whatever their loss
+    rois = torch.cat([rois, rois])
+    labels = torch.cat([labels, torch.tensor([[IGNORE] * 6 + [0, NEGATIVE]])])
+    ce, box = torch.cat([ce, ce]), torch.cat([box, box])
+    idx, ok = sample_hardest(labels, ce, 4, 0.25)  # 1 foreground, 3 background
+    assert set(idx[0][ok[0]].tolist()) == {1, 3, 4, 6}
+    assert set(idx[1][ok[1]].tolist()) == {6, 7}
+    # the paper: totals 1.5, 2.5, 0.3, 3.0, 2.9, 0.2, 1.0; RoI 4 overlaps 3 (IoU 0.91) and RoI 0
+    # overlaps 1 (IoU 0.95): suppressed; the 4 hardest left are 3, 1, 6, 2
+    idx, ok = sample_hardest_nms(rois, labels, ce + box, 4, 0.7)
+    assert set(idx[0][ok[0]].tolist()) == {3, 1, 6, 2}
+    assert set(idx[1][ok[1]].tolist()) == {6, 7}
+    # without the overlap the paper's selection would take the near-duplicates
+    idx, ok = sample_hardest_nms(rois, labels, ce + box, 4, 1.0)
+    assert set(idx[0][ok[0]].tolist()) == {3, 4, 1, 0}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,9 +86,8 @@ def _ghm_example():
 
 def test_ghm_c_loss_hand_values():
     logits, targets = _ghm_example()
-    loss, acc = ghm_c_loss(logits, targets, momentum=0.0)
+    loss, _ = ghm_c_loss(logits, targets, bins=10, momentum=0.0)
     # counts R = [3, 0, 0, 0, 0, 2, 0, 0, 0, 0], N = 5, n (non-empty bins) = 2
-    torch.testing.assert_close(acc, torch.tensor([3.0, 0, 0, 0, 0, 2.0, 0, 0, 0, 0]))
     # β = N / (n · R): bin 0 -> 5/6, bin 5 -> 5/4 ; returned loss = β · BCE / N
     bce = binary_cross_entropy(logits, targets)
     factor = torch.tensor([[1 / 6], [1 / 6], [1 / 6], [1 / 4], [1 / 4]])
@@ -98,20 +97,43 @@ def test_ghm_c_loss_hand_values():
     torch.testing.assert_close(loss.sum(), (beta * bce).sum() / 5)
 
 
-def test_ghm_c_loss_valid_mask_and_ema():
+def test_ghm_c_loss_valid_mask_and_ema_from_zero():
     logits, targets = _ghm_example()
     valid = torch.tensor([True, True, True, True, False])
-    loss, acc = ghm_c_loss(logits, targets, valid=valid, momentum=0.75)
-    # first call (acc_sum None): S = R = [3, .., 1 (bin 5), ..]; n = 2
-    torch.testing.assert_close(acc[[0, 5]], torch.tensor([3.0, 1.0]))
+    loss, acc = ghm_c_loss(logits, targets, valid=valid, bins=10, momentum=0.75)
+    # the running average starts at zero (the authors' code): S = 0.25 · R = [0.75, .., 0.25 (bin 5), ..]
+    torch.testing.assert_close(acc, torch.tensor([0.75, 0, 0, 0, 0, 0.25, 0, 0, 0, 0]))
     bce = binary_cross_entropy(logits, targets)
-    torch.testing.assert_close(loss[:4, 0], bce[:4, 0] * torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2]))
+    # per-element factor 1 / (n · S), n = 2: bin 0 -> 1/1.5, bin 5 -> 1/0.5
+    torch.testing.assert_close(loss[:4, 0], bce[:4, 0] * torch.tensor([1 / 1.5, 1 / 1.5, 1 / 1.5, 2.0]))
     assert float(loss[4, 0]) == 0.0
-    # second call with all rows: R = [3, .., 2, ..]; S = 0.75·S_prev + 0.25·R = [3, .., 1.25, ..]
-    loss2, acc2 = ghm_c_loss(logits, targets, momentum=0.75, acc_sum=acc)
-    torch.testing.assert_close(acc2[[0, 5]], torch.tensor([3.0, 1.25]))
-    # per-element factor 1 / (n · S): bin 0 -> 1/6, bin 5 -> 1/2.5
-    torch.testing.assert_close(loss2[:, 0], bce[:, 0] * torch.tensor([1 / 6, 1 / 6, 1 / 6, 0.4, 0.4]))
+    # second call with all rows: R = [3, .., 2, ..]; S = 0.75·S_prev + 0.25·R = [1.3125, .., 0.6875, ..]
+    loss2, acc2 = ghm_c_loss(logits, targets, bins=10, momentum=0.75, acc_sum=acc)
+    torch.testing.assert_close(acc2[[0, 5]], torch.tensor([1.3125, 0.6875]))
+    torch.testing.assert_close(loss2[:, 0], bce[:, 0] / (2 * torch.tensor([1.3125] * 3 + [0.6875] * 2)))
+    # a region no element falls in keeps its running value (only populated regions update)
+    loss3, acc3 = ghm_c_loss(logits[:3], targets[:3], bins=10, momentum=0.75, acc_sum=acc2)
+    torch.testing.assert_close(acc3[[0, 5]], torch.tensor([0.75 * 1.3125 + 0.75, 0.6875]))
+
+
+def test_ghm_c_loss_per_level_histograms_share_one_running_average():
+    """Hand-computed: two FPN levels, 4 bins, momentum 0.5. The levels update the running
+    average in order, each with its own counts, element total and non-empty count."""
+    # g = |σ(x) - t|: x=±10 -> g≈0 (bin 0); x=0 -> g=0.5 (bin 2); x=2.2, t=0 -> g=0.900 (bin 3)
+    logits = torch.tensor([[10.0], [0.0], [0.0], [-10.0], [10.0], [2.2]])
+    targets = torch.tensor([[1.0], [1.0], [0.0], [0.0], [1.0], [0.0]])
+    levels = torch.tensor([0, 0, 0, 1, 1, 1])
+    loss, acc = ghm_c_loss(logits, targets, bins=4, momentum=0.5, levels=levels, num_levels=2)
+    # level 0: R = [1, 0, 2, 0] -> S = [0.5, 0, 1.0, 0], n = 2 -> factors 1/(2·0.5), 1/(2·1), 1/(2·1)
+    # level 1: R = [2, 0, 0, 1] -> S = [0.5·0.5 + 0.5·2, 0, 1.0, 0.5] = [1.25, 0, 1.0, 0.5], n = 2
+    #          -> factors 1/(2·1.25), 1/(2·1.25), 1/(2·0.5)
+    torch.testing.assert_close(acc, torch.tensor([1.25, 0.0, 1.0, 0.5]))
+    bce = binary_cross_entropy(logits, targets)[:, 0]
+    factor = torch.tensor([1.0, 0.5, 0.5, 0.4, 0.4, 1.0])
+    torch.testing.assert_close(loss[:, 0], bce * factor)
+    # one histogram over both levels differs: R = [3, 0, 2, 1], S = 0.5·R, n = 3
+    flat, _ = ghm_c_loss(logits, targets, bins=4, momentum=0.5)
+    torch.testing.assert_close(flat[:, 0], bce / (3 * 0.5 * torch.tensor([3.0, 2, 2, 3, 3, 1])))
 
 
 def test_ghm_c_loss_multiclass_gradient_and_empty():
@@ -126,7 +148,7 @@ def test_ghm_c_loss_multiclass_gradient_and_empty():
     w = (loss / binary_cross_entropy(x, t)).detach()
     torch.testing.assert_close(x.grad, w * (torch.sigmoid(x.detach()) - t))
     loss, acc = ghm_c_loss(torch.zeros(0, 3), torch.zeros(0, 3))
-    assert loss.shape == (0, 3) and acc.shape == (10,)
+    assert loss.shape == (0, 3) and acc.shape == (30,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +199,6 @@ def test_losses_cuda_match_cpu():
     torch.testing.assert_close(loss_g.cpu(), loss_c)
     torch.testing.assert_close(acc_g.cpu(), acc_c)
     logits, targets = _ghm_example()
-    loss, _ = ghm_c_loss(logits.to(dev), targets.to(dev), momentum=0.0)
+    loss, _ = ghm_c_loss(logits.to(dev), targets.to(dev), bins=10, momentum=0.0)
     bce = binary_cross_entropy(logits, targets)
     torch.testing.assert_close(loss.cpu(), bce * torch.tensor([[1 / 6], [1 / 6], [1 / 6], [1 / 4], [1 / 4]]))

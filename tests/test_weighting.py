@@ -23,6 +23,7 @@ from swdet.train.weighting import (
     optimal_bias,
     optimal_prior,
     rescale_to,
+    swn_loss,
     swn_terms,
     topn_positives,
 )
@@ -474,9 +475,31 @@ def _swn_inputs():
     return m_cls, m_reg, cls_loss, reg_loss, pos
 
 
-def test_swn_terms_values():
+def test_swn_terms_code_form_one_shared_weight_exp_m():
+    """The authors' RetinaNet form (defaults): m̄ = mean of the clipped m_cls over all samples,
+    weight exp(-m)."""
     m_cls, m_reg, cls_loss, reg_loss, pos = _swn_inputs()
-    cls_t, reg_t = swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos, lam=0.5, clip=2.0)
+    cls_t, reg_t = swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos)
+    # m_cls clipped: [0.1, 0.3, -0.5, 2.0]; mean over all 0.475. cls_i = exp(-m̄) L_i + 0.5 m̄
+    e = math.exp(-0.475)
+    torch.testing.assert_close(cls_t, torch.tensor([e * x + 0.2375 for x in (1.0, 2.0, 3.0, 0.5)],
+                                                   dtype=torch.float64))
+    # m_reg clipped: [0.2, 2.0, ...]; reg_i = exp(-m) L + 0.5 m on positives, 0 on negatives
+    expected_reg = [math.exp(-0.2) * 0.5 + 0.1, math.exp(-2.0) * 1.0 + 1.0, 0.0, 0.0]
+    torch.testing.assert_close(reg_t, torch.tensor(expected_reg, dtype=torch.float64))
+    (cls_t.sum() + reg_t.sum()).backward()
+    # ∂Σcls/∂m_i = 1/4 (-e^{-m̄} ΣL + 4λ) inside the clip range; sample 3 is clipped (3.0 > 2)
+    g = (-e * 6.5 + 2.0) / 4
+    torch.testing.assert_close(m_cls.grad, torch.tensor([g, g, g, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(cls_loss.grad, torch.full((4,), e, dtype=torch.float64))
+    torch.testing.assert_close(m_reg.grad, torch.tensor([-math.exp(-0.2) * 0.5 + 0.5, 0, 0, 0], dtype=torch.float64))
+    torch.testing.assert_close(reg_loss.grad, torch.tensor([math.exp(-0.2), math.exp(-2.0), 0, 0], dtype=torch.float64))
+
+
+def test_swn_terms_paper_form_pos_neg_means_exp_2m():
+    m_cls, m_reg, cls_loss, reg_loss, pos = _swn_inputs()
+    cls_t, reg_t = swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos, lam=0.5, clip=2.0, exp_scale=2.0,
+                             groups="pos_neg")
     # m_cls clipped: [0.1, 0.3, -0.5, 2.0]; mean over positives 0.2, over negatives 0.75.
     # cls_i = exp(-2 m̄) L_i + 0.5 m̄
     e_pos, e_neg = math.exp(-0.4), math.exp(-1.5)
@@ -485,13 +508,7 @@ def test_swn_terms_values():
     # m_reg clipped: [0.2, 2.0, ...]; reg_i = exp(-2 m) L + 0.5 m on positives, 0 on negatives
     expected_reg = [math.exp(-0.4) * 0.5 + 0.1, math.exp(-4.0) * 1.0 + 1.0, 0.0, 0.0]
     torch.testing.assert_close(reg_t, torch.tensor(expected_reg, dtype=torch.float64))
-
-
-def test_swn_terms_gradients():
-    m_cls, m_reg, cls_loss, reg_loss, pos = _swn_inputs()
-    cls_t, reg_t = swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos, lam=0.5, clip=2.0)
     (cls_t.sum() + reg_t.sum()).backward()
-    e_pos, e_neg = math.exp(-0.4), math.exp(-1.5)
     # ∂Σcls/∂m_i (positive i) = 1/|P| Σ_{j∈P} (-2 e^{-2m̄} L_j + λ) = 0.5·(-2 e_pos·3 + 1)
     g_pos = 0.5 * (-2 * e_pos * 3.0 + 2 * 0.5)
     # negatives: sample 2 inside the clip range, sample 3 clipped (3.0 > 2): no gradient
@@ -508,13 +525,57 @@ def test_swn_terms_gradients():
     assert all(torch.isfinite(t.grad).all() for t in (m_cls, m_reg, cls_loss, reg_loss))
 
 
+def test_swn_loss_one_regularizer_per_shared_weight_and_batch_mean_regularizers():
+    m_cls, m_reg, cls_loss, reg_loss, pos = (t.detach() for t in _swn_inputs())
+    # the code's RetinaNet form, normalizers N1 = N2 = 2 (the positives)
+    cls, reg, w = swn_loss(m_cls, m_reg, cls_loss, reg_loss, pos, 2.0, 2.0)
+    e = math.exp(-0.475)
+    torch.testing.assert_close(cls, torch.tensor(e * 6.5 / 2 + 0.5 * 0.475, dtype=torch.float64))
+    # Σ_pos e^{-m} L / N2 + λ · mean_pos(m_reg) -- the regularizer is a mean, not divided by N2
+    reg_expected = (math.exp(-0.2) * 0.5 + math.exp(-2.0)) / 2 + 0.5 * (0.2 + 2.0) / 2
+    torch.testing.assert_close(reg, torch.tensor(reg_expected, dtype=torch.float64))
+    torch.testing.assert_close(w["w_cls_pos"], torch.tensor(e, dtype=torch.float64))
+    torch.testing.assert_close(w["w_cls_neg"], torch.tensor(e, dtype=torch.float64))
+    torch.testing.assert_close(w["w_reg"], torch.tensor((math.exp(-0.2) + math.exp(-2.0)) / 2, dtype=torch.float64))
+    # the paper's form on a RoI head (pos_neg, exp(-2m)), normalizers 4 (the sampled RoIs):
+    # one regularizer for the positives' weight and one for the negatives'
+    cls, reg, w = swn_loss(m_cls, m_reg, cls_loss, reg_loss, pos, 4.0, 4.0, exp_scale=2.0, groups="pos_neg")
+    e_pos, e_neg = math.exp(-0.4), math.exp(-1.5)
+    torch.testing.assert_close(cls, torch.tensor((e_pos * 3 + e_neg * 3.5) / 4 + 0.5 * (0.2 + 0.75),
+                                                 dtype=torch.float64))
+    torch.testing.assert_close(reg, torch.tensor((math.exp(-0.4) * 0.5 + math.exp(-4.0)) / 4 + 0.5 * 1.1,
+                                                 dtype=torch.float64))
+    torch.testing.assert_close(w["w_cls_neg"], torch.tensor(e_neg, dtype=torch.float64))
+    # the loss is the per-sample terms with each shared weight's regularizer counted once
+    cls_t, reg_t = swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos, exp_scale=2.0, groups="pos_neg")
+    m_bar = torch.tensor([0.2, 0.2, 0.75, 0.75], dtype=torch.float64)
+    torch.testing.assert_close(cls, (cls_t - 0.5 * m_bar).sum() / 4 + 0.5 * (0.2 + 0.75))
+
+
+def test_swn_valid_mask_excludes_padding_from_terms_and_means():
+    m_cls, m_reg, cls_loss, reg_loss, pos = (t.detach() for t in _swn_inputs())
+    valid = torch.tensor([True, True, True, False])
+    cls_t, _ = swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos, valid=valid)
+    m_bar = (0.1 + 0.3 - 0.5) / 3
+    expected = [math.exp(-m_bar) * x + 0.5 * m_bar for x in (1.0, 2.0, 3.0)] + [0.0]
+    torch.testing.assert_close(cls_t, torch.tensor(expected, dtype=torch.float64))
+    cls, _, _ = swn_loss(m_cls, m_reg, cls_loss, reg_loss, pos, 1.0, 1.0, valid=valid)
+    torch.testing.assert_close(cls, torch.tensor(math.exp(-m_bar) * 6.0 + 0.5 * m_bar, dtype=torch.float64))
+    with pytest.raises(ValueError, match="groups"):
+        swn_terms(m_cls, m_reg, cls_loss, reg_loss, pos, groups="per_class")
+
+
 def test_swn_terms_empty_and_one_sided():
     z = torch.zeros(0)
-    cls_t, reg_t = swn_terms(z, z, z, z, torch.zeros(0, dtype=torch.bool))
-    assert cls_t.shape == (0,) and reg_t.shape == (0,)
+    for groups in ("all", "pos_neg"):
+        cls_t, reg_t = swn_terms(z, z, z, z, torch.zeros(0, dtype=torch.bool), groups=groups)
+        assert cls_t.shape == (0,) and reg_t.shape == (0,)
+        cls, reg, _ = swn_loss(z, z, z, z, torch.zeros(0, dtype=torch.bool), 1.0, 1.0, groups=groups)
+        assert float(cls) == 0.0 and float(reg) == 0.0
     # all negatives: no positive mean needed, reg terms all 0
     m = torch.tensor([0.5, -0.5])
-    cls_t, reg_t = swn_terms(m, m, torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.bool), lam=1.0)
+    cls_t, reg_t = swn_terms(m, m, torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.bool), lam=1.0,
+                             groups="pos_neg")
     torch.testing.assert_close(cls_t, torch.ones(2))  # m̄ = 0
     torch.testing.assert_close(reg_t, torch.zeros(2))
 

@@ -26,11 +26,12 @@ class ClassificationLoss:
     over ``C`` classes, or ``softmax_ce`` (softmax over ``C + 1`` columns, background last: a
     two-stage RoI head; :func:`swdet.train.losses.softmax_cross_entropy`)."""
 
-    def __init__(self, kind: str = "focal", *, alpha: float = 0.25, gamma: float = 2.0, bins: int = 10,
-                 momentum: float = 0.75):
+    def __init__(self, kind: str = "focal", *, alpha: float = 0.25, gamma: float = 2.0, bins: int = 30,
+                 momentum: float = 0.75, per_level: bool = True):
         if kind not in ("focal", "bce", "ghm", "softmax_ce"):
             raise ValueError(f"unknown classification loss {kind!r}")
         self.kind, self.alpha, self.gamma, self.bins, self.momentum = kind, alpha, gamma, bins, momentum
+        self.per_level = per_level
         self.acc_sum: Tensor | None = None  # GHM-C's EMA of the gradient-norm histogram
 
     @property
@@ -38,15 +39,20 @@ class ClassificationLoss:
         """GHM-C's density weights already divide by the number of valid elements."""
         return self.kind == "ghm"
 
-    def __call__(self, logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    def __call__(self, logits: Tensor, targets: Tensor, valid: Tensor, levels: Tensor | None = None,
+                 num_levels: int = 1) -> Tensor:
+        """``[N, C]`` element-wise loss; ``levels [N]`` (FPN level of each row) only matters to
+        GHM-C, which builds its histogram per level unless ``per_level`` is off."""
         if self.kind == "focal":
             return L.sigmoid_focal_loss(logits, targets, self.alpha, self.gamma) * valid[:, None]
         if self.kind == "bce":
             return L.binary_cross_entropy(logits, targets) * valid[:, None]
         if self.kind == "softmax_ce":
             return L.softmax_cross_entropy(logits, targets) * valid[:, None]
+        if not self.per_level:
+            levels, num_levels = None, 1
         loss, self.acc_sum = L.ghm_c_loss(logits, targets, valid, bins=self.bins, momentum=self.momentum,
-                                          acc_sum=self.acc_sum)
+                                          acc_sum=self.acc_sum, levels=levels, num_levels=num_levels)
         return loss * valid[:, None]
 
     def state_dict(self) -> dict:
@@ -57,13 +63,14 @@ class ClassificationLoss:
 
 
 def regression_loss(kind: str, rec: SampleRecord, beta: float) -> Tensor:
-    """Per-positive regression loss ``[P]``."""
+    """Per-positive regression loss per coordinate ``[P, 4]`` (``[P, 1]`` for GIoU, a loss on
+    whole boxes); its sum over the last axis is the per-positive loss."""
     if kind == "smooth_l1":
-        return L.smooth_l1(rec.pred_deltas, rec.target_deltas, beta)
+        return L.smooth_l1(rec.pred_deltas, rec.target_deltas, beta, per_coordinate=True)
     if kind == "l1":
-        return L.l1(rec.pred_deltas, rec.target_deltas)
+        return L.l1(rec.pred_deltas, rec.target_deltas, per_coordinate=True)
     if kind == "giou":
-        return L.giou_loss(rec.pred_boxes, rec.gt_boxes)
+        return L.giou_loss(rec.pred_boxes, rec.gt_boxes)[:, None]
     raise ValueError(f"unknown regression loss {kind!r}")
 
 
@@ -77,11 +84,13 @@ def _num_pos(p: int, device) -> Tensor:
 
 
 def build_record(logits: Tensor, deltas: Tensor, anchors: Tensor, assign: Assignment, box_coder: BoxCoder,
-                 iteration: int = 0, head: str = "retina") -> SampleRecord:
+                 iteration: int = 0, head: str = "retina", anchor_levels: Tensor | None = None,
+                 num_levels: int = 1) -> SampleRecord:
     """Flatten one batch into a :class:`SampleRecord`.
 
-    ``logits [B, A, C]``, ``deltas [B, A, 4]``, ``anchors [A, 4]``. Nothing here synchronizes
-    with the device: the positives' count comes from the host-side assignment.
+    ``logits [B, A, C]``, ``deltas [B, A, 4]``, ``anchors [A, 4]``, ``anchor_levels [A]`` (the
+    FPN level of each anchor, or None). Nothing here synchronizes with the device: the positives'
+    count comes from the host-side assignment.
     """
     b, a, c = logits.shape
     logits = logits.reshape(b * a, c)
@@ -103,6 +112,7 @@ def build_record(logits: Tensor, deltas: Tensor, anchors: Tensor, assign: Assign
         image_idx=torch.div(pos_idx, a, rounding_mode="floor"), iou_before=assign.iou_before,
         iou_after=iou_after, pred_boxes=pred_boxes, prob_gt=prob_gt,
         num_pos=_num_pos(pos_idx.shape[0], logits.device), num_classes=c, iteration=iteration, head=head,
+        levels=None if anchor_levels is None else anchor_levels.repeat(b), num_levels=num_levels,
     )
 
 
@@ -135,19 +145,24 @@ class WeightedLoss:
         return t
 
     def __call__(self, rec: SampleRecord) -> tuple[Tensor, dict[str, Tensor]]:
-        cls_elem = self.cls_loss(rec.logits.float(), self.targets(rec), rec.valid)
-        reg = regression_loss(self.reg_kind, rec, self.beta)
+        cls_elem = self.cls_loss(rec.logits.float(), self.targets(rec), rec.valid, rec.levels, rec.num_levels)
+        reg_elem = regression_loss(self.reg_kind, rec, self.beta)
+        reg = reg_elem.sum(1)
         extra: dict[str, Tensor] = {}
         for m in self.methods:
             w = m.weights(rec, cls_elem, reg)
             if w.cls is not None:
                 cls_elem = cls_elem * (w.cls[:, None] if w.cls.dim() == 1 else w.cls)
+            if w.cls_gt is not None:
+                at = (rec.pos_idx, rec.pos_labels)
+                cls_elem = cls_elem.index_put(at, cls_elem[at] * w.cls_gt.to(cls_elem.dtype))
             if w.reg is not None:
-                reg = reg * w.reg
+                reg_elem = reg_elem * w.reg[:, None]
+                reg = reg_elem.sum(1)
             extra.update(w.extra)
         reduced = None
         for m in self.methods:
-            reduced = m.reduce(rec, cls_elem.sum(dim=1), reg) or reduced
+            reduced = m.reduce(rec, cls_elem.sum(dim=1), reg_elem) or reduced
         if reduced is not None:
             cls_loss, reg_loss, more = reduced
             extra.update(more)

@@ -267,7 +267,8 @@ class Trainer:
             for o in optims:
                 self.scaler.unscale_(o)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.detector.parameters(), cfg.grad_clip)
+            # one norm over the detector and the training-only weighting networks (SWN's code)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
         if self.scaler:
             for o in optims:
                 self.scaler.step(o)

@@ -87,70 +87,84 @@ def ghm_c_loss(
     logits: Tensor,
     targets: Tensor,
     valid: Tensor | None = None,
-    bins: int = 10,
+    bins: int = 30,
     momentum: float = 0.75,
     acc_sum: Tensor | None = None,
+    levels: Tensor | None = None,
+    num_levels: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """GHM-C loss (Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019), elementwise.
+    """GHM-C loss (Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019),
+    elementwise, as the authors' mmdetection code computes it.
 
     The gradient norm of the sigmoid cross-entropy w.r.t. the logit is ``g = |p - t|`` (Eq. 3).
-    ``[0, 1]`` is cut into ``M = bins`` equal unit regions and ``R_j`` counts the valid elements
-    whose ``g`` falls in region ``j``. With the exponential moving average of Sec. "EMA"::
+    ``[0, 1]`` is cut into ``M = bins`` equal unit regions; ``R_{l,j}`` counts the valid elements
+    of FPN level ``l`` whose ``g`` falls in region ``j``. The levels are taken in order (the code
+    calls the loss once per level), each updating one running average shared by all calls
+    (Sec. "EMA"), started at zero and updated only on the regions the level populates::
 
-        S_j ← μ · S_j + (1 - μ) · R_j          (μ = momentum; S starts at R on the first call)
+        S_j ← μ · S_j + (1 - μ) · R_{l,j}     if R_{l,j} > 0        (μ = momentum; μ = 0: S_j = R_{l,j})
 
-    the harmonizing weight of element ``i`` is ``β_i = N / (n · S_{ind(g_i)})``, where ``N`` is the
-    number of valid elements and ``n`` the number of non-empty regions in this batch (the paper's
-    ``GD(g) = S_ind(g) · M`` with ``M`` replaced by the non-empty count, so that every populated
-    region carries the same total weight ``N / n``). The GHM-C loss is (Eq. 8)::
+    With ``N_l`` valid elements and ``n_l`` non-empty regions in level ``l``, the harmonizing
+    weight is ``β_i = N_l / (n_l · S_{ind(g_i)})`` (the paper's ``GD(g) = S · M`` with ``M``
+    replaced by ``n_l``) and the level's loss is (Eq. 8) ``1/N_l · Σ_i β_i · BCE_i``; the loss is
+    the sum over levels::
 
-        L_GHM-C = 1/N · Σ_i β_i · BCE(p_i, t_i) = Σ_i BCE_i / (n · S_{ind(g_i)})
+        L_GHM-C = Σ_l Σ_{i∈l} BCE_i / (n_l · S_{ind(g_i)})
 
-    **Normalization**: the returned per-element loss is ``β_i · BCE_i / N``, i.e. it already
-    includes GHM-C's own ``1/N``. Its sum *is* the GHM-C loss, so the caller should divide the sum
-    by 1 -- not by the number of positives or anchors. Invalid elements return 0. The weights carry
-    no gradient.
+    **Normalization**: the returned per-element loss is ``BCE_i / (n_l · S_{ind(g_i)})``: its sum
+    *is* the GHM-C loss, so the caller divides the sum by 1 -- not by the number of positives.
+    Invalid elements return 0. The weights carry no gradient. The levels loop runs over
+    ``num_levels`` (a handful) on the device, with no host synchronization.
 
     Args:
         logits: ``[N, C]``.
         targets: ``[N, C]`` in ``[0, 1]``.
         valid: ``[N]`` bool (rows to use; ignored anchors False) or None (all rows).
-        bins: number of unit regions ``M`` (10 in the paper's GHM-C).
+        bins: number of unit regions ``M`` (30 in the authors' configs).
         momentum: EMA momentum ``μ`` (0.75 in the paper); 0 disables the EMA.
-        acc_sum: ``[bins]`` running ``S`` from the previous call, or None on the first call.
+        acc_sum: ``[bins]`` running ``S`` from the previous call, or None (zeros) on the first call.
+        levels: ``[N]`` FPN level of each row in ``[0, num_levels)``, or None (one histogram).
+        num_levels: the number of levels.
 
     Returns:
         ``(loss [N, C], new_acc_sum [bins])``; keep ``new_acc_sum`` for the next call.
     """
     targets = targets.to(logits.dtype)
     device = logits.device
-    if valid is None:
-        valid_el = torch.ones_like(logits, dtype=torch.bool)
-    else:
-        valid_el = valid.to(device=device, dtype=torch.bool).reshape(-1, *([1] * (logits.dim() - 1)))
-        valid_el = valid_el.expand_as(logits)
+    rows = logits.shape[0]
+    valid_rows = (torch.ones(rows, dtype=torch.bool, device=device) if valid is None
+                  else valid.to(device=device, dtype=torch.bool).reshape(rows))
+    if levels is None:
+        levels, num_levels = torch.zeros(rows, dtype=torch.int64, device=device), 1
+    levels = levels.to(device=device, dtype=torch.int64).reshape(rows)
 
     with torch.no_grad():
         g = (torch.sigmoid(logits.detach()) - targets).abs()
         inner_edges = torch.arange(1, bins, device=device, dtype=g.dtype) / bins
         bin_idx = torch.bucketize(g, inner_edges, right=True).clamp_(0, bins - 1)  # region j: [j/M, (j+1)/M)
-        valid_f = valid_el.to(torch.float32)
-        counts = torch.zeros(bins, device=device, dtype=torch.float32).index_add_(
-            0, bin_idx.reshape(-1), valid_f.reshape(-1)
-        )
-        if momentum > 0 and acc_sum is not None:
-            acc = momentum * acc_sum.to(device=device, dtype=torch.float32) + (1.0 - momentum) * counts
-        else:
-            acc = counts
-        num_nonempty = (counts > 0).sum().clamp(min=1).to(torch.float32)
-        # Per region 1 / (n · S_j); regions with S_j = 0 hold no valid element of this batch.
-        per_bin = torch.where(acc > 0, 1.0 / (num_nonempty * acc.clamp(min=1e-12)), torch.zeros_like(acc))
-        weights = per_bin[bin_idx] * valid_f
+        cell = levels.reshape(rows, *([1] * (logits.dim() - 1))) * bins + bin_idx  # (level, region)
+        valid_f = valid_rows.reshape(rows, *([1] * (logits.dim() - 1))).expand_as(g).to(torch.float32)
+        counts = torch.zeros(num_levels * bins, device=device, dtype=torch.float32).index_add_(
+            0, cell.reshape(-1), valid_f.reshape(-1)).reshape(num_levels, bins)
+        acc = (torch.zeros(bins, device=device, dtype=torch.float32) if acc_sum is None
+               else acc_sum.to(device=device, dtype=torch.float32))
+        per_cell = []
+        for lvl in range(num_levels):  # in order: each level's update feeds the next one's weights
+            r = counts[lvl]
+            hit = r > 0
+            if momentum > 0:
+                acc = torch.where(hit, momentum * acc + (1.0 - momentum) * r, acc)
+                density = acc
+            else:
+                density = r
+            n = hit.sum().clamp(min=1).to(torch.float32)
+            per_cell.append(torch.where(hit, 1.0 / (n * density.clamp(min=1e-12)), torch.zeros_like(r)))
+        weights = torch.stack(per_cell).reshape(-1)[cell] * valid_f
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights.to(logits.dtype)
-    return loss, acc.detach()
+    return loss, (acc if momentum > 0 else acc.detach()).detach()
 
 
-def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9.0) -> Tensor:
+def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9.0, per_coordinate: bool = False) -> Tensor:
     """Smooth L1 (Girshick, Fast R-CNN), summed over the 4 coordinates:
 
     ``sl1(d) = 0.5 d² / β  if |d| < β  else  |d| - 0.5 β``,  ``d = pred - target``
@@ -158,18 +172,21 @@ def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9.0) -> Tensor:
     ``beta = 0`` is plain L1. ``β = 1/9`` is RetinaNet's / Detectron's default.
 
     Returns:
-        ``[P]``.
+        ``[P]`` (``[P, 4]`` with ``per_coordinate``).
     """
     diff = (pred - target).abs()
     if beta <= 0:
-        return diff.sum(-1)
-    loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
-    return loss.sum(-1)
+        loss = diff
+    else:
+        loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+    return loss if per_coordinate else loss.sum(-1)
 
 
-def l1(pred: Tensor, target: Tensor) -> Tensor:
-    """L1 loss summed over the 4 coordinates: ``Σ_m |pred_m - target_m|`` -> ``[P]``."""
-    return (pred - target).abs().sum(-1)
+def l1(pred: Tensor, target: Tensor, per_coordinate: bool = False) -> Tensor:
+    """L1 loss summed over the 4 coordinates: ``Σ_m |pred_m - target_m|`` -> ``[P]`` (``[P, 4]``
+    with ``per_coordinate``)."""
+    loss = (pred - target).abs()
+    return loss if per_coordinate else loss.sum(-1)
 
 
 def giou_loss(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:

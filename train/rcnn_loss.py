@@ -8,7 +8,10 @@ methods                       RPN (anchors)                          RoI head (p
 ============================  =====================================  ===================================
 ``random`` (the baseline),    256 per image, at most half positive   512 per image, at most 1/4
 ``pisa``, ``swn``             (random)                               foreground (random)
-``ohem``                      as ``random``                          the 512 with the highest loss
+``ohem``                      as ``random``                          the hardest 512 at most 1/4 fg
+                                                                     (by cls loss, mmdetection's
+                                                                     OHEMSampler; or the paper's
+                                                                     NMS 0.7 + top 512 by cls + box)
 ``sampling_free``             every anchor                           every proposal
 ``noisy_anchors``             every anchor, top-N positives, soft    as ``random``
                               labels and re-weighting (focal)
@@ -44,7 +47,7 @@ from swdet.train.assign import IGNORE, NEGATIVE, Assignment, TargetAssigner, con
 from swdet.train.criterion import ClassificationLoss, WeightedLoss, build_record
 from swdet.train.diagnostics import Diagnostics
 from swdet.train.methods.base import SampleRecord
-from swdet.train.retina_loss import classification_loss
+from swdet.train.retina_loss import anchor_levels, classification_loss
 from torch import Tensor
 
 from swdet.boxes import BoxCoder, batched_box_iou, elementwise_iou
@@ -195,31 +198,59 @@ def compact(index: Tensor, ok: Tensor, size: int) -> tuple[Tensor, Tensor]:
     return torch.gather(index, 1, order), torch.gather(ok, 1, order)
 
 
-def sample_random(labels: Tensor, batch: int, pos_fraction: float) -> tuple[Tensor, Tensor]:
-    """Random RoI sampling per image on the device: at most ``floor(batch · pos_fraction)``
-    foreground and ``batch - #foreground`` background RoIs, uniformly, by random keys + top-k.
+def sample_by_key(labels: Tensor, keys: Tensor, batch: int, pos_fraction: float) -> tuple[Tensor, Tensor]:
+    """Biased RoI sampling per image on the device, by key: the at most
+    ``floor(batch · pos_fraction)`` foreground RoIs with the largest keys, then the
+    ``batch - #foreground`` background RoIs with the largest keys (top-k, no loop).
 
-    ``labels [B, M]`` -> ``(index [B, S], ok [B, S])`` with ``S = min(batch, M)`` (no image can
-    have more samples); the sampled RoIs come first, ``ok`` marks them (the rest is padding).
+    ``labels [B, M]``, ``keys [B, M]`` (>= 0) -> ``(index [B, S], ok [B, S])`` with
+    ``S = min(batch, M)`` (no image can have more samples); the sampled RoIs come first, ``ok``
+    marks them (the rest is padding).
     """
     b, m = labels.shape
-    u = torch.rand(b, m, device=labels.device)
-    minus = torch.full_like(u, -1.0)
+    minus = torch.full_like(keys, -1.0)
     kp = min(int(batch * pos_fraction), m)
     kn = min(batch, m)
-    pos_key, pos_idx = torch.where(labels >= 0, u, minus).topk(kp, dim=1)
+    pos_key, pos_idx = torch.where(labels >= 0, keys, minus).topk(kp, dim=1)
     pos_ok = pos_key >= 0
-    neg_key, neg_idx = torch.where(labels == NEGATIVE, u, minus).topk(kn, dim=1)
+    neg_key, neg_idx = torch.where(labels == NEGATIVE, keys, minus).topk(kn, dim=1)
     room = batch - pos_ok.sum(1, keepdim=True)
     neg_ok = (neg_key >= 0) & (torch.arange(kn, device=labels.device)[None] < room)
     return compact(torch.cat([pos_idx, neg_idx], 1), torch.cat([pos_ok, neg_ok], 1), min(batch, m))
 
 
-def sample_hardest(labels: Tensor, losses: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-    """OHEM (Shrivastava et al. 2016): the ``batch`` non-ignored RoIs of each image with the
-    highest loss -> ``(index [B, S], ok [B, S])``, ``S = min(batch, M)``."""
-    valid = labels != IGNORE
-    key, idx = torch.where(valid, losses.detach(), torch.full_like(losses, -1.0)).topk(min(batch, labels.shape[1]), 1)
+def sample_random(labels: Tensor, batch: int, pos_fraction: float) -> tuple[Tensor, Tensor]:
+    """Random RoI sampling (Faster R-CNN's biased mini-batch): :func:`sample_by_key` with uniform
+    random keys, i.e. uniformly without replacement within foreground and background."""
+    return sample_by_key(labels, torch.rand(labels.shape, device=labels.device), batch, pos_fraction)
+
+
+def sample_hardest(labels: Tensor, losses: Tensor, batch: int, pos_fraction: float = 0.25) -> tuple[Tensor, Tensor]:
+    """OHEM as mmdetection's ``OHEMSampler`` (what users compare with): :func:`sample_by_key`
+    keyed by each RoI's classification loss -- the hardest foreground RoIs up to the fraction,
+    then the hardest background RoIs -> ``(index [B, S], ok [B, S])``."""
+    return sample_by_key(labels, losses.detach().clamp(min=0), batch, pos_fraction)
+
+
+def sample_hardest_nms(rois: Tensor, labels: Tensor, losses: Tensor, batch: int, nms_iou: float = 0.7
+                       ) -> tuple[Tensor, Tensor]:
+    """OHEM as the paper (Shrivastava et al. 2016, Sec. 4.1): the RoIs of each image ranked by
+    loss (classification + box), overlapping ones removed by NMS at ``nms_iou`` (a RoI that
+    overlaps a harder one adds little), then the ``batch`` hardest, any mix of foreground and
+    background -> ``(index [B, S], ok [B, S])``. The NMS keeps a data-dependent number of RoIs
+    (one host synchronization)."""
+    from torchvision.ops import batched_nms
+
+    b, m = labels.shape
+    valid = (labels != IGNORE).reshape(-1)
+    cand = valid.nonzero().squeeze(1)
+    image = torch.div(cand, m, rounding_mode="floor")
+    scores = losses.detach().reshape(-1)[cand].float()
+    keep = cand[batched_nms(rois.reshape(-1, 4)[cand].float(), scores, image, nms_iou)]
+    kept = torch.zeros(b * m, dtype=torch.bool, device=labels.device)
+    kept[keep] = True
+    key = torch.where(kept.reshape(b, m), losses.detach().clamp(min=0), torch.full_like(losses, -1.0))
+    key, idx = key.topk(min(batch, m), 1)
     return idx, key >= 0
 
 
@@ -258,15 +289,19 @@ class FasterRCNNLoss:
         rc, names = cfg.rcnn, set(methods.names)
         self.cfg, self.device = cfg, device
         self.num_classes = cfg.model.num_classes
-        anchors = torch.cat(generate_anchors(cfg.model))
+        per_level = generate_anchors(cfg.model)
+        anchors = torch.cat(per_level)
+        self.anchor_levels, self.num_levels = anchor_levels(per_level, device), len(per_level)
         self.rpn_coder, self.roi_coder = BoxCoder(RPN_BOX_WEIGHTS), BoxCoder(ROI_BOX_WEIGHTS)
         sampler = methods.sampler
-        # RPN: every anchor for Sampling-Free and noisy anchors (unless random sampling is named too)
-        self.rpn_dense = bool(names & {"sampling_free", "noisy_anchors"}) and sampler != "random"
-        self.roi_mode = sampler or ("all" if "sampling_free" in names else "random")
         sf = cfg.methods.sampling_free
-        self.rpn_pos_norm = sf.rpn_pos_norm if "sampling_free" in names else 1.0
-        self.roi_pos_norm = sf.roi_pos_norm if "sampling_free" in names else 1.0
+        sf_rpn = "sampling_free" in names and "rpn" in sf.heads
+        sf_roi = "sampling_free" in names and "roi" in sf.heads
+        # RPN: every anchor for Sampling-Free and noisy anchors (unless random sampling is named too)
+        self.rpn_dense = (sf_rpn or "noisy_anchors" in names) and sampler != "random"
+        self.roi_mode = sampler or ("all" if sf_roi else "random")
+        self.rpn_pos_norm = sf.rpn_pos_norm if sf_rpn else 1.0
+        self.roi_pos_norm = sf.roi_pos_norm if sf_roi else 1.0
         matcher = TargetAssigner(anchors, self.rpn_coder, rule=methods.assigner, fg_iou=rc.rpn_fg_iou,
                                  bg_iou=rc.rpn_bg_iou, allow_low_quality=True, topn=cfg.methods.noisy_anchors.topn)
         self.stats_assigner = matcher  # Sampling-Free's N_f / N: the RPN anchors
@@ -288,7 +323,8 @@ class FasterRCNNLoss:
     def rpn_record(self, outputs: dict, assign: RCNNAssignment, iteration: int) -> SampleRecord:
         logits = torch.cat(outputs["rpn_logits"], 1)
         deltas = torch.cat(outputs["rpn_deltas"], 1)
-        rec = build_record(logits, deltas, self.anchors, assign.rpn, self.rpn_coder, iteration, head="rpn")
+        rec = build_record(logits, deltas, self.anchors, assign.rpn, self.rpn_coder, iteration, head="rpn",
+                           anchor_levels=self.anchor_levels, num_levels=self.num_levels)
         factor = self.rpn_pos_norm if self.rpn_dense else 1.0
         rec.num_pos = _normalizer(factor * assign.rpn_count, logits.device)
         return rec
@@ -305,8 +341,10 @@ class FasterRCNNLoss:
                                            fg_iou=rc.roi_fg_iou, bg_iou_hi=rc.roi_bg_iou_hi, bg_iou_lo=rc.roi_bg_iou_lo)
         return RoIBatch(rois, labels, gt_index, iou)
 
-    def _per_roi_loss(self, cls_logits: Tensor, box_deltas: Tensor, cand: RoIBatch, gt_boxes: Tensor) -> Tensor:
-        """OHEM's ranking loss per RoI ``[B, M]``: cross-entropy + the foreground's box loss."""
+    def _per_roi_loss(self, cls_logits: Tensor, box_deltas: Tensor, cand: RoIBatch, gt_boxes: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """OHEM's ranking losses per RoI ``([B, M], [B, M])``: cross-entropy, and the box loss
+        (0 for background)."""
         c = self.num_classes
         b, m, _ = cls_logits.shape
         target = torch.where(cand.labels >= 0, cand.labels, torch.full_like(cand.labels, c))
@@ -319,17 +357,20 @@ class FasterRCNNLoss:
         unit = torch.div(torch.arange(4, device=gt.device), 2, rounding_mode="floor").float()  # (0, 0, 1, 1)
         t = self.roi_coder.encode(torch.where(fg[..., None], cand.rois, unit), torch.where(fg[..., None], gt, unit))
         reg = L.smooth_l1(d, t, self.cfg.rcnn.roi_smooth_l1_beta)
-        return ce + torch.where(fg, reg, torch.zeros_like(reg))
+        return ce, torch.where(fg, reg, torch.zeros_like(reg))
 
     def sample(self, outputs: dict, cand: RoIBatch, assign: RCNNAssignment) -> tuple[Tensor, Tensor]:
         rc = self.cfg.rcnn
         if self.roi_mode == "all":
             return sample_all(cand.labels)
         if self.roi_mode == "ohem":  # a read-only pass over every RoI, then the hardest
+            ohem = self.cfg.methods.ohem
             with torch.no_grad():
                 cls, box = outputs["box_head"](cand.rois)
-                losses = self._per_roi_loss(cls, box, cand, assign.gt_boxes)
-            return sample_hardest(cand.labels, losses, rc.roi_batch)
+                ce, box_loss = self._per_roi_loss(cls, box, cand, assign.gt_boxes)
+            if ohem.selection == "paper":
+                return sample_hardest_nms(cand.rois, cand.labels, ce + box_loss, rc.roi_batch, ohem.nms_iou)
+            return sample_hardest(cand.labels, ce, rc.roi_batch, rc.roi_pos_fraction)
         return sample_random(cand.labels, rc.roi_batch, rc.roi_pos_fraction)
 
     def roi_record(self, outputs: dict, assign: RCNNAssignment, iteration: int) -> SampleRecord:

@@ -24,13 +24,21 @@ from swdet.train.diagnostics import Diagnostics
 
 def classification_loss(cfg, kind: str) -> ClassificationLoss:
     return ClassificationLoss(kind, alpha=cfg.methods.focal.alpha, gamma=cfg.methods.focal.gamma,
-                              bins=cfg.methods.ghm.bins, momentum=cfg.methods.ghm.momentum)
+                              bins=cfg.methods.ghm.bins, momentum=cfg.methods.ghm.momentum,
+                              per_level=cfg.methods.ghm.per_level)
+
+
+def anchor_levels(per_level: list[torch.Tensor], device) -> torch.Tensor:
+    """``[A]`` the FPN level index (0 = finest) of each anchor of the concatenated anchor list."""
+    return torch.cat([torch.full((len(a),), i, dtype=torch.int64) for i, a in enumerate(per_level)]).to(device)
 
 
 class RetinaNetLoss:
     def __init__(self, cfg, methods, device):
         self.device = device
-        anchors = torch.cat(generate_anchors(cfg.model))
+        per_level = generate_anchors(cfg.model)
+        anchors = torch.cat(per_level)
+        self.anchor_levels, self.num_levels = anchor_levels(per_level, device), len(per_level)
         self.box_coder = BoxCoder(RETINANET_BOX_WEIGHTS)
         self.assigner = TargetAssigner(anchors, self.box_coder, rule=methods.assigner, fg_iou=cfg.loss.fg_iou,
                                        bg_iou=cfg.loss.bg_iou, allow_low_quality=cfg.loss.allow_low_quality,
@@ -45,7 +53,8 @@ class RetinaNetLoss:
     def __call__(self, outputs, assign, iteration: int):
         logits = torch.cat(outputs["cls_logits"], 1)
         deltas = torch.cat(outputs["bbox_deltas"], 1)
-        rec = build_record(logits, deltas, self.anchors, assign, self.box_coder, iteration)
+        rec = build_record(logits, deltas, self.anchors, assign, self.box_coder, iteration,
+                           anchor_levels=self.anchor_levels, num_levels=self.num_levels)
         total, parts = self.criterion(rec)
         self.diagnostics.update(rec)
         return total, parts

@@ -50,6 +50,7 @@ __all__ = [
     "cleanliness_weights",
     "topn_positives",
     "swn_terms",
+    "swn_loss",
 ]
 
 # Cleanliness re-weighting: f(x) = 1 / (1 - x) is evaluated on x clamped to [0, 1 - eps], so one
@@ -174,7 +175,7 @@ def isr_weights(ious: Tensor, gt_ids: Tensor, labels: Tensor, gamma: float = 2.0
     return ((1.0 - beta) * u + beta).pow(gamma)
 
 
-def rescale_to(weights: Tensor, losses: Tensor) -> Tensor:
+def rescale_to(weights: Tensor, losses: Tensor, groups: Tensor | None = None, num_groups: int = 1) -> Tensor:
     """Rescale weights so the weighted loss sum equals the unweighted one (PISA Eq. 3,
     IoU-balanced Eq. 2):
 
@@ -185,6 +186,10 @@ def rescale_to(weights: Tensor, losses: Tensor) -> Tensor:
     as focal loss); with ``[P, C]`` and ``[P]`` weights, ``w_i`` multiplies every class of sample
     ``i`` and the sums run over all elements. When ``Σ w_i L_i`` is 0 the ratio is 1.
 
+    ``groups`` (``[P]`` integers in ``[0, num_groups)``, e.g. the FPN level of each sample)
+    applies the rule within each group ``g``: ``w'_i = w_i · Σ_{j∈g} L_j / Σ_{j∈g} w_j L_j``
+    (the IoU-balanced authors' code normalizes each pyramid level on its own).
+
     Returns:
         the rescaled weights, shaped like ``weights``.
     """
@@ -192,10 +197,19 @@ def rescale_to(weights: Tensor, losses: Tensor) -> Tensor:
     loss = losses.detach()
     if w.dim() == 1 and loss.dim() == 2:
         w = w[:, None]
-    num = loss.sum()
-    den = (w * loss).sum()
+    wl = w * loss
+    if groups is None:
+        num, den = loss.sum(), wl.sum()
+    else:
+        per_sample = (loss.sum(1), wl.sum(1)) if loss.dim() == 2 else (loss, wl)
+        g = groups.to(device=loss.device, dtype=torch.int64)
+        sums = torch.zeros(2, num_groups, device=loss.device, dtype=loss.dtype)
+        sums.index_add_(1, g, torch.stack(per_sample))
+        num, den = sums[0][g], sums[1][g]
     one = torch.ones_like(den)
     ratio = torch.where(den != 0, num / torch.where(den != 0, den, one), one)
+    if groups is not None and weights.dim() == 2:
+        ratio = ratio[:, None]
     return weights * ratio
 
 
@@ -244,20 +258,24 @@ def carl_loss(scores: Tensor, reg_losses: Tensor, k: float = 1.0, bias: float = 
 # ---------------------------------------------------------------------------------------------
 
 
-def iou_balanced_cls_weights(ious: Tensor, losses: Tensor, eta: float = 1.5) -> Tensor:
+def iou_balanced_cls_weights(ious: Tensor, losses: Tensor, eta: float = 1.5, groups: Tensor | None = None,
+                             num_groups: int = 1) -> Tensor:
     """IoU-balanced classification weights of the positives (IoU-balanced Eq. 1-2):
 
     ``w_i = iou_i^η · Σ_i CE_i / Σ_i iou_i^η CE_i``
 
     ``iou_i`` is the IoU of the regressed box with its GT; ``losses`` the positives' unweighted
-    classification losses, ``[P]`` or ``[P, C]``. No gradient (detached). Default ``η = 1.5``
-    (Table 4).
+    classification losses: ``[P]`` -- the loss of each positive's ground-truth-class element, the
+    only element the authors' code weights (``(1 - t) + t·iou^η``, every other element keeps 1) --
+    or ``[P, C]`` (every class of a positive, the other reading of the paper's ``CE(p_i)``).
+    ``groups``/``num_groups`` normalize within groups (:func:`rescale_to`; the authors' code
+    normalizes per FPN level). No gradient (detached). Default ``η = 1.5`` (Table 4).
 
     Returns:
         ``[P]`` weights.
     """
     base = ious.detach().clamp(min=0).pow(eta)
-    return rescale_to(base, losses.detach())
+    return rescale_to(base, losses.detach(), groups, num_groups)
 
 
 def iou_balanced_loc_weights(ious: Tensor, lam: float = 1.5, w_loc: float = 1.0) -> Tensor:
@@ -443,6 +461,38 @@ def topn_positives(anchor_gt_ious: Tensor, n: int = 40) -> tuple[Tensor, Tensor]
 # ---------------------------------------------------------------------------------------------
 
 
+SWN_GROUPS = ("all", "pos_neg")
+
+
+def _swn_smoothed_cls(m_cls: Tensor, pos: Tensor, valid: Tensor, groups: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch-shared classification ``m̄`` of :func:`swn_terms`: ``(m̄ [N], means [2], present [2])``
+    with ``means`` = (positives' or all samples' mean, negatives' mean) and ``present`` whether
+    each group has a sample (``groups="all"``: one group, in slot 0)."""
+    zero = torch.zeros_like(m_cls)
+    if groups == "all":
+        n = valid.sum().to(m_cls.dtype)
+        mean = torch.where(valid, m_cls, zero).sum() / n.clamp(min=1)
+        means = torch.stack([mean, torch.zeros_like(mean)])
+        present = torch.stack([n > 0, torch.zeros_like(n, dtype=torch.bool)])
+        return mean.expand_as(m_cls), means, present
+    if groups != "pos_neg":
+        raise ValueError(f"swn groups={groups!r}: choose from {SWN_GROUPS}")
+    masks = torch.stack([pos & valid, ~pos & valid])  # [2, N]
+    n = masks.sum(1).to(m_cls.dtype)
+    means = torch.where(masks, m_cls, zero).sum(1) / n.clamp(min=1)
+    return torch.where(pos, means[0], means[1]), means, n > 0
+
+
+def _swn_inputs(m_cls, m_reg, cls_loss, reg_loss, pos_mask, valid, clip):
+    shape = cls_loss.shape
+    m_cls = m_cls.reshape(shape).clamp(-clip, clip)
+    m_reg = m_reg.reshape(shape).clamp(-clip, clip)
+    pos = pos_mask.reshape(shape).to(device=cls_loss.device, dtype=torch.bool)
+    valid = (torch.ones_like(pos) if valid is None
+             else valid.reshape(shape).to(device=cls_loss.device, dtype=torch.bool))
+    return m_cls, m_reg, pos & valid, valid
+
+
 def swn_terms(
     m_cls: Tensor,
     m_reg: Tensor,
@@ -451,44 +501,95 @@ def swn_terms(
     pos_mask: Tensor,
     lam: float = 0.5,
     clip: float = 2.0,
+    exp_scale: float = 1.0,
+    groups: str = "all",
+    *,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample SWN loss terms (SWN Eq. 9, Sec. 3.4, App. A.1.2):
+    """Per-sample SWN loss terms (SWN Eq. 9; defaults as in the authors' code):
 
-    ``m ← clamp(m, -clip, clip)`` (Sec. 4.2: predicted weights kept in [-2, 2]);
+    ``m ← clamp(m, -clip, clip)``  (Sec. 4.2: predictions kept in [-2, 2]);
 
-    ``m̄_i^cls`` = mean of the clipped ``m^cls`` over the batch's positives if ``i`` is positive,
-    over its negatives otherwise (App. A.1.2, a batch-wise smoothed classification weight);
+    ``m̄_i`` = the batch mean of the clipped ``m^cls``: over all samples for ``groups="all"``
+    (the authors' RetinaNet head: one classification weight for every anchor), over the batch's
+    positives if ``i`` is positive and over its negatives otherwise for ``groups="pos_neg"``
+    (App. A.1.2, the authors' RoI head);
 
-    ``cls_i = exp(-2 m̄_i^cls) · L_i^cls + λ · m̄_i^cls``  for every sample;
+    ``cls_i = exp(-s·m̄_i) · L_i^cls + λ · m̄_i``  for every sample;
 
-    ``reg_i = exp(-2 m_i^reg) · L_i^reg + λ · m_i^reg``  on positives, 0 elsewhere.
+    ``reg_i = exp(-s·m_i^reg) · L_i^reg + λ · m_i^reg``  on positives, 0 elsewhere;
 
-    ``λ_1 = λ_2 = λ`` (the paper shares them; 0.5 in Table 5). Gradients reach ``m`` (inside the
-    clip range) and both losses. ``reg_loss`` of negatives is never used (it may be anything).
+    with ``s = exp_scale``: 1 in the authors' code (``exp(-m)``), 2 in the paper's Eq. 9
+    (``m = log σ``, weight ``1/σ² = exp(-2m)``). ``λ_1 = λ_2 = λ`` (0.5, Table 5). Gradients reach
+    ``m`` (inside the clip range) and both losses. ``reg_loss`` of negatives is never used.
+    ``valid`` (``[N]`` bool, default all) excludes samples (padding) from the terms and the means.
+
+    For the loss of a batch, where each batch-shared weight carries its regularizer once, see
+    :func:`swn_loss`.
 
     Args:
-        m_cls, m_reg: ``[N]`` raw weighting-network outputs (``log σ``).
+        m_cls, m_reg: ``[N]`` raw weighting-network outputs.
         cls_loss, reg_loss: ``[N]`` unweighted per-sample losses.
         pos_mask: ``[N]`` bool.
 
     Returns:
-        ``(cls_terms [N], reg_terms [N])``; sum them and normalize (``N1``, ``N2``) in the caller.
+        ``(cls_terms [N], reg_terms [N])`` (0 where not valid).
     """
-    shape = cls_loss.shape
-    m_cls = m_cls.reshape(shape).clamp(-clip, clip)
-    m_reg = m_reg.reshape(shape).clamp(-clip, clip)
-    pos = pos_mask.reshape(shape).to(device=cls_loss.device, dtype=torch.bool)
-    neg = ~pos
-    zero = torch.zeros_like(m_cls)
-    n_pos = pos.sum().clamp(min=1).to(m_cls.dtype)
-    n_neg = neg.sum().clamp(min=1).to(m_cls.dtype)
-    mean_pos = torch.where(pos, m_cls, zero).sum() / n_pos
-    mean_neg = torch.where(neg, m_cls, zero).sum() / n_neg
-    m_bar = torch.where(pos, mean_pos, mean_neg)
-    cls_terms = torch.exp(-2.0 * m_bar) * cls_loss + lam * m_bar
+    m_cls, m_reg, pos, valid = _swn_inputs(m_cls, m_reg, cls_loss, reg_loss, pos_mask, valid, clip)
+    m_bar, _, _ = _swn_smoothed_cls(m_cls, pos, valid, groups)
+    zero = torch.zeros_like(cls_loss)
+    cls_terms = torch.where(valid, torch.exp(-exp_scale * m_bar) * cls_loss + lam * m_bar, zero)
+    m_reg = torch.where(pos, m_reg, zero)
+    reg_terms = torch.exp(-exp_scale * m_reg) * torch.where(pos, reg_loss, zero) + lam * m_reg
+    return cls_terms, torch.where(pos, reg_terms, zero)
 
-    reg_safe = torch.where(pos, reg_loss, torch.zeros_like(reg_loss))
-    m_reg_safe = torch.where(pos, m_reg, torch.zeros_like(m_reg))
-    reg_all = torch.exp(-2.0 * m_reg_safe) * reg_safe + lam * m_reg_safe
-    reg_terms = torch.where(pos, reg_all, torch.zeros_like(reg_all))
-    return cls_terms, reg_terms
+
+def swn_loss(
+    m_cls: Tensor,
+    m_reg: Tensor,
+    cls_loss: Tensor,
+    reg_loss: Tensor,
+    pos_mask: Tensor,
+    cls_norm: Tensor | float,
+    reg_norm: Tensor | float,
+    lam: float = 0.5,
+    clip: float = 2.0,
+    exp_scale: float = 1.0,
+    groups: str = "all",
+    *,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The SWN loss of one batch, reduced as in the authors' code (RetinaNet head and RoI head):
+
+    ``L_cls = Σ_i exp(-s·m̄_i) · L_i^cls / N1  +  λ · Σ_g m̄_g``
+
+    ``L_reg = Σ_{i∈pos} exp(-s·m_i^reg) · L_i^reg / N2  +  λ · mean_{i∈pos} m_i^reg``
+
+    ``m̄``, ``s``, ``clip`` and ``groups`` as in :func:`swn_terms`; ``g`` runs over the
+    batch-shared classification weights (one for ``groups="all"``, positives and negatives for
+    ``"pos_neg"``), so each carries its regularizer once, and the regression regularizer is the
+    positives' mean: both are batch means, not sums over samples divided by the loss
+    normalizers ``N1``, ``N2`` (the head's usual ones: positives on RetinaNet, sampled RoIs in a
+    RoI head). At the optimum ``exp(-s·m̄) = λ·N1 / (s·Σ L^cls)`` (one weight that scales the
+    normalized classification loss to ``λ/s``) and ``exp(-s·m_i) = λ·N2 / (s·P·L_i^reg)``.
+
+    Returns:
+        ``(L_cls, L_reg, weights)``; ``weights`` holds detached means of ``exp(-s·m)``:
+        ``w_cls_pos``, ``w_cls_neg`` (equal for ``"all"``) and ``w_reg`` (over the positives).
+    """
+    m_cls, m_reg, pos, valid = _swn_inputs(m_cls, m_reg, cls_loss, reg_loss, pos_mask, valid, clip)
+    m_bar, means, present = _swn_smoothed_cls(m_cls, pos, valid, groups)
+    zero = torch.zeros_like(cls_loss)
+    cls_sum = torch.where(valid, torch.exp(-exp_scale * m_bar) * cls_loss, zero).sum()
+    cls_reg = lam * torch.where(present, means, torch.zeros_like(means)).sum()
+    n_pos = pos.sum().to(m_reg.dtype)
+    m_pos = torch.where(pos, m_reg, zero)
+    w_reg = torch.where(pos, torch.exp(-exp_scale * m_pos), zero)
+    reg_sum = (w_reg * torch.where(pos, reg_loss, zero)).sum()
+    reg_reg = lam * m_pos.sum() / n_pos.clamp(min=1)
+    with torch.no_grad():
+        w_cls = torch.exp(-exp_scale * means)
+        if groups == "all":
+            w_cls = w_cls[:1].expand(2)
+        weights = {"w_cls_pos": w_cls[0], "w_cls_neg": w_cls[1], "w_reg": w_reg.sum() / n_pos.clamp(min=1)}
+    return cls_sum / cls_norm + cls_reg, reg_sum / reg_norm + reg_reg, weights

@@ -9,11 +9,12 @@ each selected :class:`Method`, in order, for
 
 1. ``soft_targets(rec)``: a soft classification target for the positives (noisy anchors);
 2. ``weights(rec, cls_elem, reg)``: multiplicative weights for the element-wise classification
-   loss (``[N]`` or ``[N, C]``) and the per-positive regression loss (``[P]``), computed from the
-   losses *as already weighted by the methods before it* (so ``pisa,swn`` multiplies them),
-   plus extra loss terms (CARL);
-3. ``reduce(rec, cls_per_sample, reg_per_sample)``: at most one method may replace the plain
-   normalized sums (SWN turns them into its Eq. 9 terms);
+   loss (``[N]`` or ``[N, C]``, or ``[P]`` for the positives' ground-truth-class elements only)
+   and the per-positive regression loss (``[P]``), computed from the losses *as already weighted
+   by the methods before it* (so ``pisa,swn`` multiplies them), plus extra loss terms (CARL);
+3. ``reduce(rec, cls_per_sample, reg_elem)``: at most one method may replace the plain
+   normalized sums (SWN turns them into its Eq. 9 terms); ``reg_elem`` is the positives'
+   regression loss per coordinate ``[P, 4]`` (``[P, 1]`` for a loss on whole boxes);
 4. ``finalize(losses, rec)``: a last rescaling of the reduced losses (Sampling-Free's guided
    scaling).
 
@@ -38,7 +39,8 @@ class SampleRecord:
     gt_ids, image_idx, iou_before, iou_after, prob_gt [P]`` and ``pred_deltas, target_deltas,
     anchors, gt_boxes, pred_boxes [P, 4]``. ``pred_deltas``, ``pred_boxes`` and ``prob_gt``
     carry gradients; ``iou_after`` (IoU of the regressed box with its GT) does not.
-    ``num_pos`` is the positive-count normalizer (>= 1, averaged over DDP ranks).
+    ``num_pos`` is the positive-count normalizer (>= 1, averaged over DDP ranks). ``levels``
+    (``[N]``, dense heads only) is the FPN level of each sample, in ``[0, num_levels)``.
     """
 
     logits: Tensor
@@ -61,6 +63,8 @@ class SampleRecord:
     num_classes: int
     iteration: int = 0
     head: str = "retina"  # retina | rpn | roi: which head the samples come from
+    levels: Tensor | None = None
+    num_levels: int = 1
 
     @property
     def num_samples(self) -> int:
@@ -76,6 +80,7 @@ class Weights:
     """What ``Method.weights`` returns. ``None`` leaves that loss unchanged."""
 
     cls: Tensor | None = None  # [N] or [N, C]
+    cls_gt: Tensor | None = None  # [P]: the positives' ground-truth-class elements only
     reg: Tensor | None = None  # [P]
     extra: dict[str, Tensor] = field(default_factory=dict)  # already normalized loss terms
 
@@ -110,8 +115,10 @@ class Method:
     def weights(self, rec: SampleRecord, cls_elem: Tensor, reg: Tensor) -> Weights:
         return Weights()
 
-    def reduce(self, rec: SampleRecord, cls_per_sample: Tensor, reg_per_sample: Tensor):
-        """Return ``(cls_loss, reg_loss, extra: dict)`` to replace the normalized sums, or None."""
+    def reduce(self, rec: SampleRecord, cls_per_sample: Tensor, reg_elem: Tensor):
+        """Return ``(cls_loss, reg_loss, extra: dict)`` to replace the normalized sums, or None.
+
+        ``cls_per_sample [N]`` (0 on ignored samples); ``reg_elem [P, k]`` per coordinate."""
         return None
 
     def finalize(self, losses: dict[str, Tensor], rec: SampleRecord) -> dict[str, Tensor]:

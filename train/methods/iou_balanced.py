@@ -5,8 +5,12 @@
 
       L_cls = Σ_{i∈pos} w_i·CE_i + Σ_{i∈neg} CE_i,   w_i = iou_i^η · Σ_pos CE / Σ_pos iou^η·CE
 
-  (no gradient through the weights; η = 1.5). On RetinaNet ``CE_i`` is the positive's focal loss
-  summed over its classes.
+  (no gradient through the weights; η = 1.5). On a sigmoid head the authors' code weights only
+  the positive's ground-truth-class element (``(1 - t) + t·iou^η`` over the ``C`` elements), so
+  ``CE_i`` is that element's focal loss and the positive's other ``C - 1`` elements keep weight 1
+  (``methods.iou_balanced.cls_elements: gt``, the default; ``all`` weights every element of a
+  positive with ``CE_i`` summed over them). The code normalizes within each FPN level, as its loss
+  runs once per level (``normalize: level``, the default; ``batch`` normalizes over the batch).
 
 * **Localization** (Eq. 3-4): ``L_loc = Σ_{i∈pos} w_loc · iou_i^λ · smoothL1_i`` (λ = 1.5, no
   gradient through the IoU). The paper adjusts ``w_loc`` by hand "to keep the sum of
@@ -49,10 +53,17 @@ class IoUBalanced(Method):
 
     def weights(self, rec: SampleRecord, cls_elem: torch.Tensor, reg: torch.Tensor) -> Weights:
         p = self.params
-        w_cls = iou_balanced_cls_weights(rec.iou_after, cls_elem[rec.pos_idx], eta=p.eta)
+        by_level = p.normalize == "level" and rec.levels is not None
+        groups = rec.levels[rec.pos_idx] if by_level else None
+        num_groups = rec.num_levels if by_level else 1
         if self.w_loc is None:
             self.w_loc = self._fix_w_loc(rec.iou_after, reg)
         w_reg = iou_balanced_loc_weights(rec.iou_after, lam=p.lam, w_loc=self.w_loc if self.w_loc else 1.0)
+        if p.cls_elements == "gt":
+            gt_loss = cls_elem[rec.pos_idx, rec.pos_labels]
+            w_gt = iou_balanced_cls_weights(rec.iou_after, gt_loss, p.eta, groups, num_groups)
+            return Weights(cls_gt=w_gt.to(cls_elem.dtype), reg=w_reg.to(reg.dtype))
+        w_cls = iou_balanced_cls_weights(rec.iou_after, cls_elem[rec.pos_idx], p.eta, groups, num_groups)
         cls_w = torch.ones(rec.num_samples, device=w_cls.device, dtype=cls_elem.dtype)  # negatives: 1
         cls_w = cls_w.index_copy(0, rec.pos_idx, w_cls.to(cls_elem.dtype))
         return Weights(cls=cls_w, reg=w_reg.to(reg.dtype))

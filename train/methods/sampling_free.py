@@ -21,6 +21,8 @@ three ingredients (Sec. 3.2):
 
 On Faster R-CNN (``swdet.train.rcnn_loss``): the RPN trains on every anchor and the RoI head on
 every proposal (no sampling), guided scaling with factor 1 in the RPN and 2 in the RoI head.
+``methods.sampling_free.heads`` limits it to one of them (the paper's Table 4 ablation); the
+other keeps the baseline's random sampling.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class SamplingFree(Method):
 
     def __init__(self, params):
         self.params = params
-        self.bias_init = bool(params.bias_init)
+        self.heads = frozenset({"retina", *params.heads})
+        self.bias_init = bool(params.bias_init) and ("rpn" in params.heads)
         # Instance attributes: the trainer only gathers statistics / sets theta when asked to.
         self.sets_threshold = bool(params.adaptive_threshold)
         self.needs_stats = self.bias_init or self.sets_threshold
@@ -55,6 +58,7 @@ class SamplingFree(Method):
                              "statistics of the training set (none were computed)")
         # Faster R-CNN: the RPN's objectness (one class) only; Sec. 3.2: "the optimal bias
         # initialization is not used in RoI-subnet". RetinaNet: its classification head.
+        # (With heads: [roi] the RPN keeps its plain initialization: bias_init is off.)
         head = getattr(model, "rpn_head", None)
         if head is None:
             head = getattr(model, "head", None)
