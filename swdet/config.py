@@ -218,7 +218,9 @@ class SWNParams:
     mean over all anchors on RetinaNet, ``all``; the positives' and the negatives' means in a RoI
     head, ``pos_neg``), or ``all`` / ``pos_neg`` on every head (``pos_neg`` is the paper's App. A.1.2).
     ``reg_inputs``: 4 feeds the per-coordinate regression loss to the network (the code), 1 the
-    summed loss (the paper's ``L_i^reg``). ``hidden``: 64 in the code.
+    summed loss (the paper's ``L_i^reg``). ``hidden``: 64 in the code. ``tasks``: the losses the
+    network weights (the paper's Table 4 ablation: ``[cls]``, ``[reg]`` or both); a task left
+    out keeps weight 1 and no regularizer.
     """
 
     hidden: int = 64
@@ -227,6 +229,7 @@ class SWNParams:
     exp_scale: float = 1.0
     groups: str = "auto"
     reg_inputs: int = 4
+    tasks: list[str] = field(default_factory=lambda: ["cls", "reg"])
     lr: float = 1e-3
     weight_decay: float = 1e-4
     init_std: float = 1e-4
@@ -571,6 +574,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         (cfg.methods.swn.exp_scale > 0, "methods.swn.exp_scale", "positive"),
         (cfg.methods.swn.groups in ("auto", "all", "pos_neg"), "methods.swn.groups", "auto, all or pos_neg"),
         (cfg.methods.swn.reg_inputs in (1, 4), "methods.swn.reg_inputs", "1 or 4"),
+        (len(cfg.methods.swn.tasks) >= 1 and set(cfg.methods.swn.tasks) <= {"cls", "reg"}, "methods.swn.tasks",
+         "a non-empty list of cls, reg"),
         (cfg.methods.swn.reg_inputs == 1 or cfg.loss.reg_loss != "giou", "methods.swn.reg_inputs",
          "1 with loss.reg_loss giou (a per-coordinate loss feeds 4 inputs)"),
         (cfg.methods.iou_balanced.cls_elements in ("gt", "all"), "methods.iou_balanced.cls_elements", "gt or all"),

@@ -1,6 +1,6 @@
 """Faster R-CNN: every two-stage method trains faster_rcnn_tiny, the sampling baselines draw what they
 should, each method touches only its heads, and the ONNX export gives the torch detections and
-passes the TensorRT static check (DESIGN.md's method table and ONNX contract)."""
+passes the TensorRT static check (docs/design.md: the method table and the ONNX contract)."""
 
 from __future__ import annotations
 

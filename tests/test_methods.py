@@ -445,6 +445,22 @@ def test_swn_paper_form_is_selectable():
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tasks", [["cls"], ["reg"]])
+def test_swn_one_task_only_keeps_the_other_unweighted(tasks):
+    """The paper's Table 4 ablation: the task left out keeps weight 1 and no regularizer."""
+    params = MethodParams()
+    params.swn.tasks = tasks
+    ms, crit = criterion_for("swn", params)
+    _set_output_bias(ms.methods[0].net, 0.3, -0.2)
+    rec, _ = make_record(seed=11)
+    _, parts = crit(rec)
+    cls, reg = base_losses(rec)
+    want_cls = (math.exp(-0.3) * cls.sum() / rec.num_pos + 0.5 * 0.3) if "cls" in tasks else cls.sum() / rec.num_pos
+    want_reg = (math.exp(0.2) * reg.sum() / rec.num_pos - 0.5 * 0.2) if "reg" in tasks else reg.sum() / rec.num_pos
+    torch.testing.assert_close(parts["cls"], want_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(parts["reg"], want_reg, rtol=1e-4, atol=1e-4)
+
+
 def test_swn_network_sees_the_per_coordinate_regression_loss():
     ms, crit = criterion_for("swn")
     swn = ms.methods[0]

@@ -1,7 +1,7 @@
 """Faster R-CNN's training loss: the RPN and the RoI head as two :class:`SampleRecord` streams of
 the general weighted loss (the detector-loss protocol of :mod:`swdet.train.retina_loss`).
 
-Which samples each head trains on (DESIGN.md's method table):
+Which samples each head trains on (docs/design.md, "The weighting core"):
 
 ============================  =====================================  ===================================
 methods                       RPN (anchors)                          RoI head (proposals + GT boxes)

@@ -9,7 +9,7 @@ The functions below compute the ``s_i`` (or soft targets, or extra terms). They 
 device, no host-device synchronization), and accept empty inputs (zero positives). Tensors are
 1-D over the positive samples ``[P]`` unless stated.
 
-Papers (``../shared/papers``):
+Papers:
 
 * PISA: Cao et al., "Prime Sample Attention in Object Detection" (CVPR 2020) -- IoU-HLR, ISR, CARL.
 * IoU-balanced: Wu & Li, "IoU-balanced Loss Functions for Single-stage Object Detection".
@@ -20,7 +20,8 @@ Papers (``../shared/papers``):
 * SWN: Cai et al., "Learning a Unified Sample Weighting Network for Object Detection"
   (CVPR 2020) -- the uncertainty-weighted loss terms.
 
-Where a paper and ``DESIGN.md`` differ, ``DESIGN.md`` is the chosen reading.
+Where a paper's text and its authors' code differ, the code's form is the default and the
+paper's stays selectable (``docs/design.md``, "The weighting core").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Base classification losses: ``focal`` (α 0.25, γ 2), ``bce``, ``ghm`` (GHM-C). Weighting methods:
 ``pisa``, ``iou_balanced``, ``sampling_free``, ``noisy_anchors``, ``swn`` (RetinaNet and the
-Faster R-CNN heads of the DESIGN.md table), and the two-stage sampling baselines ``random`` and
+Faster R-CNN heads of docs/design.md's method table), and the two-stage sampling baselines ``random`` and
 ``ohem``. ``--method pisa,swn`` applies both, in that order (weights multiply); at most one base
 loss may be named, and it overrides the methods' own (``sampling_free,focal`` is the papers'
 harmful hybrid: allowed, with a warning).
@@ -20,7 +20,7 @@ from swdet.train.methods.base import Method, SampleRecord, Weights
 
 BASE_LOSSES = ("focal", "bce", "ghm")
 SAMPLERS = ("random", "ohem")  # two-stage sampling baselines
-# The methods of DESIGN.md's table for each detector (what the methods benchmark trains).
+# The methods of docs/design.md's table for each detector (what the methods benchmark trains).
 RETINANET_METHODS = ("focal", "pisa", "iou_balanced", "sampling_free", "noisy_anchors", "swn")
 FASTER_RCNN_METHODS = ("random", "ohem", "pisa", "swn", "sampling_free", "noisy_anchors")
 
@@ -135,7 +135,7 @@ def build_methods(spec, params, arch: str = "retinanet") -> MethodSet:
     for m in methods:
         if not m.heads & heads:
             raise SwdetError(f"--method {m.name}: does not apply to {arch} (it applies to "
-                             f"{', '.join(sorted(m.heads))} heads; DESIGN.md's method table)")
+                             f"{', '.join(sorted(m.heads))} heads)")
     # SWN consumes the losses as weighted by the others, so it goes last.
     methods.sort(key=lambda m: 1 if m.name == "swn" else 0)
     # Faster R-CNN: the base loss named here is the RPN's (sigmoid objectness, BCE by default); the

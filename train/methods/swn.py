@@ -13,6 +13,7 @@ As in the authors' code (sample-weighting-network, ``retina_head_v2.py`` and
 ``two_stage_swn_faster.py``): F, H, K map a scalar, G the regression loss per coordinate (4
 inputs; ``reg_inputs: 1`` feeds the summed loss, the paper's ``L_i^reg``), each through two
 ``hidden``-wide (64) layers with ReLU; W is ``Linear(4·hidden, hidden) -> ReLU -> Linear(hidden, 2)``.
+``tasks`` limits the weighting to the classification or the regression loss (the paper's Table 4).
 ``IoU_i`` and ``Prob_i`` (IoU of the regressed box with its GT, probability of the GT class) and
 the regression loss are 0 for negatives; the inputs are detached. Every layer starts from
 N(0, 1e-4), so the weights start uniform (Sec. 4.2); the network has its own Adam optimizer
@@ -194,6 +195,11 @@ class SWN(Method):
         """
         p = self.params
         m_cls, m_reg = self.predict(rec, cls_per_sample, reg_elem)
+        # Table 4's ablation: a task the network does not weight keeps exp(0) = 1, no regularizer
+        if "cls" not in p.tasks:
+            m_cls = torch.zeros_like(m_cls)
+        if "reg" not in p.tasks:
+            m_reg = torch.zeros_like(m_reg)
         cls_loss = cls_per_sample.to(m_cls.dtype)
         reg_loss = torch.zeros_like(m_cls).index_copy(0, rec.pos_idx, reg_elem.to(m_cls.dtype).sum(1))
         valid = rec.valid if rec.head == "roi" else None
