@@ -35,6 +35,7 @@ the baseline's ``configs/<model>.yaml``, with ``loss.method`` set to the spec.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -119,8 +120,14 @@ def record_path(args, spec: str, seed: int) -> Path:
 
 
 def settings(args, spec: str) -> dict:
-    return {"iters": args.iters, "sets": list(args.sets), "config": str(config_file(args.arch, split_spec(spec)[0])
-                                                                         .relative_to(ROOT))}
+    """What a record must match to be reused: iterations, overrides, the config file and a hash
+    of the resolved config (so a changed recipe is rerun, not mixed in)."""
+    cfg = config(args.arch, spec, args.data, args.iters, args.sets).to_dict()
+    cfg["train"].pop("seed", None)
+    cfg["data"] = {k: v for k, v in cfg["data"].items() if k not in ("root", "workers")}
+    digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    return {"iters": args.iters, "sets": list(args.sets),
+            "config": str(config_file(args.arch, split_spec(spec)[0]).relative_to(ROOT)), "config_hash": digest}
 
 
 def have_record(args, spec: str, seed: int) -> bool:
