@@ -193,7 +193,8 @@ def _val_dataset(cfg, imgsz: int):
 
 def run_all(args, specs: list[str], seeds: list[int]) -> None:
     """Every missing (method, seed) record, ``--jobs`` single-threaded processes at a time."""
-    todo = [(s, k) for s in specs for k in seeds if not have_record(args, s, k)]
+    # seed-major: every method gets seed 0 before any gets seed 1 (a cut-short run still ranks them)
+    todo = [(s, k) for k in seeds for s in specs if not have_record(args, s, k)]
     if not todo:
         return
     if args.jobs <= 1:
