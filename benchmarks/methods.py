@@ -207,22 +207,26 @@ def run_all(args, specs: list[str], seeds: list[int]) -> None:
     for s in args.sets:
         base += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running: list[tuple[subprocess.Popen, str]] = []
+    running: list[tuple[subprocess.Popen, str, int]] = []
     logs = args.runs / "_logs"
     logs.mkdir(parents=True, exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     while todo or running:
         while todo and len(running) < args.jobs:
             spec, seed = todo.pop(0)
             name = f"{slug(spec)}__seed{seed}"
+            slot = min(set(range(args.jobs)) - {r[2] for r in running})
             with open(logs / f"{name}.log", "w") as fh:
                 proc = subprocess.Popen([*base, "--one", spec, "--seeds", str(seed)], env=env, stdout=fh,
                                         stderr=subprocess.STDOUT)
-            running.append((proc, name))
+            if len(cpus) >= args.jobs:  # one core per job: single-threaded trainings do not share one
+                os.sched_setaffinity(proc.pid, {cpus[slot]})
+            running.append((proc, name, slot))
             print(f"started {name}", flush=True)
         time.sleep(5)
-        for proc, name in list(running):
+        for proc, name, slot in list(running):
             if proc.poll() is not None:
-                running.remove((proc, name))
+                running.remove((proc, name, slot))
                 print(f"finished {name}: exit {proc.returncode}", flush=True)
 
 
