@@ -12,8 +12,8 @@ output; one shared: a Q with two readers once ORT gives every node group its own
 :func:`rewrite_for_int8` removes those cases from the FP32 network before calibration, with
 rewrites that compute the same values:
 
-* **sibling convolutions merged**: convolutions that read the same tensor with the same
-  attributes (the RetinaNet head's classification and box towers' first convolutions on every
+* **sibling convolutions merged**: convolutions that read the same convolution output with the
+  same attributes (the RetinaNet head's classification and box towers' first convolutions on every
   FPN level) become one convolution with their output channels concatenated, followed by a
   ``Split`` that gives each original output back under its own name; a ``Relu`` that follows
   every part moves before the ``Split`` (``relu`` commutes with a channel split). Each FPN
@@ -102,24 +102,30 @@ def _mergeable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool
 
 def merge_sibling_convs(model: onnx.ModelProto, keep: set[str] = frozenset(),
                         report: RewriteReport | None = None) -> onnx.ModelProto:
-    """Convolutions reading the same tensor with the same attributes -> one convolution (output
-    channels concatenated) + ``Split`` (module docstring). ``keep``: Conv names left alone."""
+    """Convolutions reading the same convolution output with the same attributes -> one
+    convolution (output channels concatenated) + ``Split`` (module docstring). Only where the
+    shared input is a convolution's output (which then gets one reader); elsewhere (e.g. a ResNet
+    block's first convolution and its downsampling shortcut) merging would only make the two
+    outputs share one int8 scale. ``keep``: Conv names left alone."""
     model = copy.deepcopy(model)
     g = model.graph
     report = report if report is not None else RewriteReport()
     inits = {t.name: t for t in g.initializer}
     outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
     groups: dict[tuple, list[onnx.NodeProto]] = {}
     for n in g.node:
-        if _mergeable(n, inits) and n.name not in keep and n.output[0] not in outputs:
+        src = producer.get(n.input[0]) if n.input else None
+        if (src is not None and src.op_type == "Conv" and _mergeable(n, inits) and n.name not in keep
+                and n.output[0] not in outputs):
             groups.setdefault((n.input[0], _attrs(n)), []).append(n)
     replace: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
     cons = consumers(g)
     for idx, ((src, _), convs) in enumerate(sorted(groups.items(), key=lambda kv: kv[1][0].name)):
-        if len(convs) < 2:
-            continue
+        if len(convs) < 2 or len({c.input[1] for c in convs}) < len(convs):
+            continue  # nothing to merge, or copies made by duplicate_shared_convs (same weights)
         weights = [numpy_helper.to_array(inits[c.input[1]]) for c in convs]
         if len({w.dtype for w in weights}) != 1 or len({w.shape[1:] for w in weights}) != 1:
             continue

@@ -36,18 +36,25 @@ detector with baked-in post-processing:
      so pre-activation negatives do not cost resolution. Normalizations, resizes, reshapes and
      everything in float between two quantized tensors keep float32.
    * ``DedicatedQDQPair``: one Q/DQ pair per consumer, each with its own scale and zero-point
-     initializers. ORT's CPU provider turns ``DQ -> Conv -> Q`` into an int8 ``QLinearConv`` only
-     when no Q/DQ is shared: its x86 kernels take uint8 activations, and its ``QDQS8ToU8``
-     pass converts a signed pair only where the QuantizeLinear has a single consumer
-     (onnxruntime ``qdq_s8_to_u8.cc``); with shared initializers its common-subexpression
-     elimination merges the pairs back. TensorRT treats the copies as one. The price on ORT: a
-     convolution whose output feeds two quantized consumers (an FPN output read by both head
-     towers) has two Qs and runs as a float ``Conv``; giving it one Q that feeds a DQ and then a
-     Q per consumer (exact: re-quantizing with the same scale) is folded back by ORT's graph
-     optimizer (measured on retinanet_tiny: 13 float convs before, 31 after).
-   * the head's prediction convolutions (the last Conv before each ``net/`` tensor) keep int8
-     inputs and weights but a float32 output: the logits and box deltas the post-processing reads
-     are never rounded to int8 (TensorRT: an INT8 convolution with an FP32 output).
+     initializers (so ONNX Runtime's common-subexpression elimination cannot merge them back);
+     with ``rewrite`` (default) also one pair per reader of a DequantizeLinear the quantizer
+     shared with a non-quantized node (e.g. an FPN sum read by a convolution and by the next
+     ``Resize``). TensorRT treats the copies as one.
+   * the head's prediction convolutions (the last Conv before each ``net/`` tensor) have int8
+     inputs and weights; their output gets a Q/DQ pair too (``head_outputs="int8"``, default:
+     an int8 convolution whose output is dequantized before the post-processing) or stays
+     float32 (``"float"``: the logits and box deltas are never rounded to int8; TensorRT: an
+     INT8 convolution with an FP32 output; ONNX Runtime: a float convolution).
+
+   Why the rewrite (2b, :mod:`swdet.calib.fusion`): ONNX Runtime's CPU provider turns
+   ``DQ -> Conv -> Q`` into an int8 ``QLinearConv`` only when the convolution's output has that
+   single Q as its reader (its x86 kernels take uint8 activations and its ``QDQS8ToU8`` pass
+   converts a signed pair only where the Q feeds one DQ). Before quantization, the FP32 network
+   is rewritten exactly so that every convolution output has one reader: the head towers' first
+   convolutions are merged into one (output channels concatenated, then a ``Split``), and a
+   convolution still read twice (the top FPN lateral; ``P6``) is duplicated.
+   :func:`swdet.calib.fusion.ort_conv_counts` counts what ORT runs as float vs int8
+   (retinanet_tiny: 13 float of 45 before, 0 of 42 after).
 5. **Stitch** the post-processing back, store the swdet metadata (``export.precision = "int8"``
    and a ``calibration`` section), check with the ONNX checker and
    :func:`swdet.deploy.trt_rules.check_tensorrt_compat`, write atomically.
