@@ -122,6 +122,7 @@ def merge_sibling_convs(model: onnx.ModelProto, keep: set[str] = frozenset(),
     replace: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
+    shared: dict[tuple, tuple[str, str, str]] = {}
     cons = consumers(g)
     for idx, ((src, _), convs) in enumerate(sorted(groups.items(), key=lambda kv: kv[1][0].name)):
         if len(convs) < 2 or len({c.input[1] for c in convs}) < len(convs):
@@ -134,10 +135,15 @@ def merge_sibling_convs(model: onnx.ModelProto, keep: set[str] = frozenset(),
                   else np.zeros(s, weights[0].dtype) for c, s in zip(convs, sizes)]
         first = convs[0]
         base = f"{first.name or first.output[0]}/merged"
-        w_name, b_name, s_name = f"{base}/weight", f"{base}/bias", f"{base}/split"
-        new_inits += [numpy_helper.from_array(np.concatenate(weights, 0), w_name),
-                      numpy_helper.from_array(np.concatenate(biases, 0).astype(weights[0].dtype), b_name),
-                      numpy_helper.from_array(np.array(sizes, np.int64), s_name)]
+        # convolutions sharing weights on every level (a RetinaNet head) share the merged weights too
+        key = tuple((c.input[1], c.input[2] if len(c.input) > 2 else "") for c in convs)
+        if key not in shared:
+            shared[key] = (f"{base}/weight", f"{base}/bias", f"{base}/split")
+            w_name, b_name, s_name = shared[key]
+            new_inits += [numpy_helper.from_array(np.concatenate(weights, 0), w_name),
+                          numpy_helper.from_array(np.concatenate(biases, 0).astype(weights[0].dtype), b_name),
+                          numpy_helper.from_array(np.array(sizes, np.int64), s_name)]
+        w_name, b_name, s_name = shared[key]
         merged_out = f"{first.output[0]}/merged"
         conv = helper.make_node("Conv", [src, w_name, b_name], [merged_out], name=base)
         conv.attribute.extend(copy.deepcopy(a) for a in first.attribute)

@@ -151,3 +151,9 @@ def test_bad_head_outputs_is_one_line(fp32_onnx, synth_data, tmp_path):
     with pytest.raises(SwdetError, match="--head-outputs") as e:
         calibrate(fp32_onnx, synth_data / "train", tmp_path / "x.onnx", head_outputs="int4")
     assert "\n" not in str(e.value)
+
+
+def test_rewrite_keeps_the_size(flavours):
+    """Levels that share the head's weights share the merged weights too (no copy per level)."""
+    before, after = flavours
+    assert after.size_mb < 1.02 * before.size_mb
