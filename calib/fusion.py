@@ -189,7 +189,7 @@ def duplicate_shared_convs(model: onnx.ModelProto, keep: set[str] = frozenset(),
         nodes.append(n)
         if n.op_type != "Conv" or n.name in keep or n.output[0] in outputs:
             continue
-        readers = cons.get(n.output[0], [])
+        readers = list({id(r): r for r in cons.get(n.output[0], [])}.values())  # a node reading it twice: once
         if len(readers) < 2:
             continue
         for k, reader in enumerate(readers[1:], start=1):

@@ -116,6 +116,7 @@ class CalibResult:
     report: list[dict] | None = None
     report_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    ort_convs: dict | None = None  # {"int8", "float", "total"}: what ONNX Runtime runs (verify only)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def _one_reader_per_dq(model: onnx.ModelProto) -> None:
         if len(dqs) != 1 or len(cons.get(n.output[0], [])) != 1 or dqs[0].output[0] in outputs:
             continue
         dq = dqs[0]
-        readers = cons.get(dq.output[0], [])
+        readers = list({id(r): r for r in cons.get(dq.output[0], [])}.values())
         for k, reader in enumerate(readers[1:], start=1):
             q2, dq2 = copy.deepcopy(n), copy.deepcopy(dq)
             q2.name, dq2.name = f"{n.name}/reader{k}", f"{dq.name}/reader{k}"
@@ -721,15 +722,20 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
             report_path = write_report(out.with_name(out.stem + ".report.json"), report_rows, method=method,
                                        num_images=n)
 
+    ort_convs = None
     if verify:
+        from swdet.calib.fusion import ort_conv_counts
+
         verify_runs(out)
+        if not any(n.domain not in ("", "ai.onnx") for n in final.graph.node):  # ORT cannot load plugins
+            ort_convs = {k: v for k, v in ort_conv_counts(out).items() if k in ("int8", "float", "total")}
     return CalibResult(out=out, cache=st.cache_path, cache_hit=st.cache_hit, method=method,
                        percentile=float(percentile) if method == "percentile" else None, per_channel=per_channel,
                        num_images=int(st.stats.num_images),
                        skipped_images=list(selection.skipped) if selection is not None else [],
                        quantized=quantized_nodes(final), excluded=excluded, size_mb=len(blob) / 2**20,
                        fp32_size_mb=len(data) / 2**20, seconds=time.perf_counter() - t0, report=report_rows,
-                       report_path=report_path, warnings=warnings)
+                       report_path=report_path, warnings=warnings, ort_convs=ort_convs)
 
 
 def verify_runs(path: str | Path, batch_sizes=(1, 8)) -> None:
@@ -763,6 +769,8 @@ def summary_row(result: CalibResult) -> dict:
             "images": result.num_images, "per_channel": "yes" if result.per_channel else "no",
             "int8 layers": len(result.quantized), "excluded": len(result.excluded),
             "size_mb": f"{result.size_mb:.2f}", "fp32_mb": f"{result.fp32_size_mb:.2f}",
+            "ort convs int8/float": (f"{result.ort_convs['int8']}/{result.ort_convs['float']}"
+                                     if result.ort_convs else "-"),
             "cache": "hit" if result.cache_hit else "new", "time_s": f"{result.seconds:.1f}"}
 
 
