@@ -171,6 +171,9 @@ def time_training(method: str, args, work: Path, dataset: SyntheticSet) -> dict:
     if cuda:
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del tr, batches
+    import gc
+
+    gc.collect()  # the next method's peak must not include this trainer's memory
     if cuda:
         torch.cuda.empty_cache()
     return row
