@@ -17,6 +17,8 @@ batch, both with ``--threads`` intra-op threads; ``speedup = 1 / median round ra
     python benchmarks/int8.py --model retinanet_r50_fpn --imgsz 320 --data data/synth --val-limit 40 --rounds 6 \
         --out benchmarks/results/int8_r50_320_random                           # speed only
     python benchmarks/int8.py --quick --data data/synth                           # functional check (random tiny)
+    python benchmarks/int8.py --run runs/tiny_focal --data data/synth --no-rewrite --head-outputs float \
+        --out benchmarks/results/int8_before_rewrite                             # the INT8 graph before swdet.calib.fusion
 
 Goals (printed per row): trained model: ``|AP_int8 - AP_fp32| <= 1.0`` AP point for every method;
 ``>= 1.5x`` throughput at batch 8. Writes ``--out`` ``.json`` and ``.md`` (default
@@ -111,7 +113,8 @@ def run(args) -> dict:
         for method in args.methods:
             t0 = time.perf_counter()
             res = calibrate(fp32, data / "train", work / f"int8_{method}.onnx", num_images=args.num_images,
-                            method=method, percentile=args.percentile, cache=cache, batch_size=args.calib_batch)
+                            method=method, percentile=args.percentile, cache=cache, batch_size=args.calib_batch,
+                            rewrite=not args.no_rewrite, head_outputs=args.head_outputs)
             calib_s = time.perf_counter() - t0
             rt8 = OnnxRuntime(res.out, device="cpu", intra_op_threads=args.threads)
             acc = evaluate(rt8, data, args.val_limit) if trained else {"AP": None, "AP50": None}
@@ -136,7 +139,8 @@ def run(args) -> dict:
                              for b, v in first.items()}
     from swdet.serve.bench import host_info
 
-    return {"model": model_name, "imgsz": rt32.imgsz, "trained": trained, "run": str(args.run) if trained else None,
+    return {"model": model_name, "imgsz": rt32.imgsz, "trained": trained,
+            "calib_flavour": {"head_outputs": args.head_outputs, "rewrite": not args.no_rewrite}, "run": str(args.run) if trained else None,
             "data": str(data), "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
             "batch_sizes": args.batch_sizes, "num_images": args.num_images, "quick": bool(args.quick),
             "host": host_info(), "goals": {"ap_drop_points": 100 * GOAL_AP_DROP, "speedup_batch8": GOAL_SPEEDUP},
@@ -199,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--head-outputs", choices=["int8", "float"], default="int8",
+                    help="swdet calib --head-outputs: the prediction convolutions' outputs int8 (default) or float")
+    ap.add_argument("--no-rewrite", action="store_true",
+                    help="swdet calib --no-rewrite: the graph before the int8 rewrites (with --head-outputs float: "
+                         "the previous INT8 model)")
     ap.add_argument("--quick", action="store_true",
                     help="8 calibration images, 3 rounds x 1 call (a functional check, not a measurement)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "int8",

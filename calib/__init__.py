@@ -5,12 +5,14 @@ Public API (imported lazily so ``import swdet.calib`` -- and ``swdet --help`` --
 
     calibrate(model_path, images, out, *, num_images=128, method="percentile", percentile=99.99,
               per_channel=True, exclude=(), cache=None, use_cache=True, report=False,
-              report_images=4, batch_size=4, seed=0, verify=True, progress=False, log=None)
-        -> CalibResult
+              report_images=4, batch_size=4, seed=0, verify=True, rewrite=True, head_outputs="int8",
+              progress=False, log=None) -> CalibResult
     load_fp32_model(path) -> (onnx.ModelProto, metadata, bytes)   # validation of the input
     split_network(model) -> Split                                   # network / post-processing
     quantize_network(network, amax, *, per_channel=True, exclude=(), nodes_to_quantize=None,
-                     float_outputs=()) -> onnx.ModelProto
+                     float_outputs=(), one_reader=False) -> onnx.ModelProto
+    rewrite_for_int8(network, keep=()) -> (onnx.ModelProto, RewriteReport)  # exact FP32 rewrites
+    ort_conv_counts(model, int8_allowed=None) -> {"int8", "float", "total", "float_convs", "ops"}
     zero_points(model) -> [(name, elem_type, values)]
     default_cache_path(model_path) -> Path                          # model.onnx -> model.calib.npz
     verify_runs(path, batch_sizes=(1, 8))
@@ -33,6 +35,11 @@ _EXPORTS = {
     "default_cache_path": "swdet.calib.quantize",
     "verify_runs": "swdet.calib.quantize",
     "summary_row": "swdet.calib.quantize",
+    "rewrite_for_int8": "swdet.calib.fusion",
+    "merge_sibling_convs": "swdet.calib.fusion",
+    "duplicate_shared_convs": "swdet.calib.fusion",
+    "ort_conv_counts": "swdet.calib.fusion",
+    "ort_optimized_graph": "swdet.calib.fusion",
     "METHODS": "swdet.calib.stats",
     "CalibrationStats": "swdet.calib.stats",
     "load_cache": "swdet.calib.stats",

@@ -36,18 +36,25 @@ detector with baked-in post-processing:
      so pre-activation negatives do not cost resolution. Normalizations, resizes, reshapes and
      everything in float between two quantized tensors keep float32.
    * ``DedicatedQDQPair``: one Q/DQ pair per consumer, each with its own scale and zero-point
-     initializers. ORT's CPU provider turns ``DQ -> Conv -> Q`` into an int8 ``QLinearConv`` only
-     when no Q/DQ is shared: its x86 kernels take uint8 activations, and its ``QDQS8ToU8``
-     pass converts a signed pair only where the QuantizeLinear has a single consumer
-     (onnxruntime ``qdq_s8_to_u8.cc``); with shared initializers its common-subexpression
-     elimination merges the pairs back. TensorRT treats the copies as one. The price on ORT: a
-     convolution whose output feeds two quantized consumers (an FPN output read by both head
-     towers) has two Qs and runs as a float ``Conv``; giving it one Q that feeds a DQ and then a
-     Q per consumer (exact: re-quantizing with the same scale) is folded back by ORT's graph
-     optimizer (measured on retinanet_tiny: 13 float convs before, 31 after).
-   * the head's prediction convolutions (the last Conv before each ``net/`` tensor) keep int8
-     inputs and weights but a float32 output: the logits and box deltas the post-processing reads
-     are never rounded to int8 (TensorRT: an INT8 convolution with an FP32 output).
+     initializers (so ONNX Runtime's common-subexpression elimination cannot merge them back);
+     with ``rewrite`` (default) also one pair per reader of a DequantizeLinear the quantizer
+     shared with a non-quantized node (e.g. an FPN sum read by a convolution and by the next
+     ``Resize``). TensorRT treats the copies as one.
+   * the head's prediction convolutions (the last Conv before each ``net/`` tensor) have int8
+     inputs and weights; their output gets a Q/DQ pair too (``head_outputs="int8"``, default:
+     an int8 convolution whose output is dequantized before the post-processing) or stays
+     float32 (``"float"``: the logits and box deltas are never rounded to int8; TensorRT: an
+     INT8 convolution with an FP32 output; ONNX Runtime: a float convolution).
+
+   Why the rewrite (2b, :mod:`swdet.calib.fusion`): ONNX Runtime's CPU provider turns
+   ``DQ -> Conv -> Q`` into an int8 ``QLinearConv`` only when the convolution's output has that
+   single Q as its reader (its x86 kernels take uint8 activations and its ``QDQS8ToU8`` pass
+   converts a signed pair only where the Q feeds one DQ). Before quantization, the FP32 network
+   is rewritten exactly so that every convolution output has one reader: the head towers' first
+   convolutions are merged into one (output channels concatenated, then a ``Split``), and a
+   convolution still read twice (the top FPN lateral; ``P6``) is duplicated.
+   :func:`swdet.calib.fusion.ort_conv_counts` counts what ORT runs as float vs int8
+   (retinanet_tiny: 13 float of 45 before, 0 of 42 after).
 5. **Stitch** the post-processing back, store the swdet metadata (``export.precision = "int8"``
    and a ``calibration`` section), check with the ONNX checker and
    :func:`swdet.deploy.trt_rules.check_tensorrt_compat`, write atomically.
@@ -84,6 +91,9 @@ DEFAULT_NUM_IMAGES = 128
 # (benchmarks/results/int8.md)
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99
+# the prediction convolutions' outputs: int8 (Q/DQ, ONNX Runtime runs them as int8) or float
+HEAD_OUTPUTS = ("int8", "float")
+DEFAULT_HEAD_OUTPUTS = "int8"
 
 
 @dataclass
@@ -106,6 +116,7 @@ class CalibResult:
     report: list[dict] | None = None
     report_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    ort_convs: dict | None = None  # {"int8", "float", "total"}: what ONNX Runtime runs (verify only)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,12 +330,13 @@ def tensors_data(amax: dict[str, float]):
 
 def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_channel: bool = True,
                      exclude: list[str] = (), nodes_to_quantize: list[str] | None = None,
-                     float_outputs: list[str] = ()) -> onnx.ModelProto:
+                     float_outputs: list[str] = (), one_reader: bool = False) -> onnx.ModelProto:
     """Insert Q/DQ into the (pre-processed) network model with ORT's ``QDQQuantizer``.
 
     ``exclude``: node names kept float. ``nodes_to_quantize``: when given, only these nodes
     (the per-layer sensitivity). ``float_outputs``: Conv node names whose output Q/DQ is removed
-    (int8 inputs, float32 output)."""
+    (int8 inputs, float32 output). ``one_reader``: every activation DequantizeLinear gets a
+    single reader (:func:`_one_reader_per_dq`)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
     quantizable = {n.name for n in quantizable_nodes(network)}
@@ -348,8 +360,43 @@ def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_ch
         out = q.model.model
     if float_outputs:
         _drop_output_qdq(out, set(float_outputs))
+    if one_reader:
+        _one_reader_per_dq(out)
     _unshare_qparams(out)
     return out
+
+
+def _one_reader_per_dq(model: onnx.ModelProto) -> None:
+    """An activation Q -> DQ pair whose DequantizeLinear output has several readers (e.g. a
+    quantized FPN sum read by a convolution and by the next ``Resize``) becomes one Q -> DQ pair
+    per reader, each with the same scale and zero point (exact; TensorRT treats them as one).
+    ONNX Runtime otherwise gives each reader its own DQ after one shared Q, a Q it then cannot
+    convert to uint8, so the convolution reading it stays float."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    cons = consumers(g)
+    outputs = {o.name for o in g.output}
+    nodes: list[onnx.NodeProto] = []
+    for n in g.node:
+        nodes.append(n)
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits:
+            continue
+        dqs = [d for d in cons.get(n.output[0], []) if d.op_type == "DequantizeLinear"]
+        if len(dqs) != 1 or len(cons.get(n.output[0], [])) != 1 or dqs[0].output[0] in outputs:
+            continue
+        dq = dqs[0]
+        readers = list({id(r): r for r in cons.get(dq.output[0], [])}.values())
+        for k, reader in enumerate(readers[1:], start=1):
+            q2, dq2 = copy.deepcopy(n), copy.deepcopy(dq)
+            q2.name, dq2.name = f"{n.name}/reader{k}", f"{dq.name}/reader{k}"
+            q2.output[0] = f"{n.output[0]}/reader{k}"
+            dq2.input[0], dq2.output[0] = q2.output[0], f"{dq.output[0]}/reader{k}"
+            for i, name in enumerate(reader.input):
+                if name == dq.output[0]:
+                    reader.input[i] = dq2.output[0]
+            nodes.extend([q2, dq2])  # right after the Q: they read only its input and constants
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _drop_output_qdq(model: onnx.ModelProto, convs: set[str]) -> None:
@@ -551,7 +598,8 @@ def _statistics(network: onnx.ModelProto, tensors: list[str], data: bytes, image
 
 
 def _calibration_metadata(meta: dict, *, method: str, percentile: float, num_images: int, images, seed: int,
-                          per_channel: bool, excluded: list[str], float_convs: list[str], cache_path: Path) -> dict:
+                          per_channel: bool, excluded: list[str], float_convs: list[str], cache_path: Path,
+                          head_outputs: str = "float", rewrite: dict | None = None) -> dict:
     """The model's metadata with ``export.precision = "int8"`` and a ``calibration`` section."""
     import onnxruntime
 
@@ -566,6 +614,8 @@ def _calibration_metadata(meta: dict, *, method: str, percentile: float, num_ima
         "per_channel": bool(per_channel),
         "excluded": excluded,
         "float_output_convs": float_convs,
+        "head_outputs": head_outputs,
+        "rewrite": rewrite,
         "symmetric": True,
         "op_types": list(OP_TYPES),
         "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
@@ -579,7 +629,8 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
               percentile: float = DEFAULT_PERCENTILE, per_channel: bool = True, exclude=(),
               cache: str | Path | None = None, use_cache: bool = True, report: bool = False,
               report_images: int = 4, batch_size: int = 4, seed: int = 0, verify: bool = True,
-              progress: bool = False, log=None) -> CalibResult:
+              rewrite: bool = True, head_outputs: str = DEFAULT_HEAD_OUTPUTS, progress: bool = False,
+              log=None) -> CalibResult:
     """Calibrate and quantize an swdet fp32 ONNX export to a Q/DQ INT8 model (module docstring).
 
     Args:
@@ -596,6 +647,13 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
         report: also compute the per-layer sensitivity on ``report_images`` images
             (:mod:`swdet.calib.report`) and write it to ``<out>.report.json``.
         verify: load the result in ONNX Runtime and run it at batch 1 and 8.
+        rewrite: apply the exact FP32 rewrites of :mod:`swdet.calib.fusion` first (sibling
+            convolutions merged, shared convolution outputs duplicated) so that ONNX Runtime
+            runs every quantized convolution as int8.
+        head_outputs: ``int8`` (default): the prediction convolutions' outputs get a Q/DQ pair
+            too (an int8 convolution, dequantized before the post-processing); ``float``: they
+            keep a float32 output (TensorRT: an INT8 convolution with an FP32 output; ONNX
+            Runtime then runs them as float convolutions).
         log: a callable taking one line (progress messages), or None.
     """
     from swdet.artifact import atomic_write_bytes
@@ -605,6 +663,8 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
     say = log or (lambda _msg: None)
     out, src = Path(out), Path(model_path)
     method = _check_options(method, percentile, num_images, batch_size, out, src)
+    if head_outputs not in HEAD_OUTPUTS:
+        raise SwdetError(f"--head-outputs {head_outputs!r}: choose {' or '.join(HEAD_OUTPUTS)}")
     model, meta, data = load_fp32_model(src)  # 1. the input, validated
     imgsz = input_size(model)
     warnings: list[str] = []
@@ -613,9 +673,15 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
         work = Path(tmp)
         split = split_network(model)  # 1. network / post-processing
         network = preprocess_network(split.network, work)  # 2.
+        heads = prediction_convs(network, split.boundary)
+        rewritten = None
+        if rewrite:  # 2b. exact FP32 rewrites (swdet.calib.fusion)
+            from swdet.calib.fusion import rewrite_for_int8
+
+            network, rewritten = rewrite_for_int8(network, keep=heads)
         excluded = resolve_excludes(network, exclude)
         tensors = candidate_tensors(network)
-        float_convs = [h for h in prediction_convs(network, split.boundary) if h not in excluded]
+        float_convs = [h for h in heads if h not in excluded] if head_outputs == "float" else []
 
         st = _statistics(network, tensors, data, images, cache=cache, use_cache=use_cache, src=src,  # 3.
                          num_images=num_images, imgsz=imgsz, seed=seed, batch_size=batch_size, work=work,
@@ -629,11 +695,12 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
             say(f"warning: {warnings[-1]}")
 
         quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,  # 4.
-                                     float_outputs=float_convs)
+                                     float_outputs=float_convs, one_reader=rewrite)
         new_meta = _calibration_metadata(meta, method=method, percentile=percentile,
                                          num_images=st.stats.num_images, images=images, seed=seed,
                                          per_channel=per_channel, excluded=excluded, float_convs=float_convs,
-                                         cache_path=st.cache_path)
+                                         cache_path=st.cache_path, head_outputs=head_outputs,
+                                         rewrite=rewritten.as_dict() if rewritten is not None else None)
         final = stitch(quantized, split, model, new_meta)  # 5.
         _check(final)
         blob = final.SerializeToString()
@@ -655,15 +722,20 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
             report_path = write_report(out.with_name(out.stem + ".report.json"), report_rows, method=method,
                                        num_images=n)
 
+    ort_convs = None
     if verify:
+        from swdet.calib.fusion import ort_conv_counts
+
         verify_runs(out)
+        if not any(n.domain not in ("", "ai.onnx") for n in final.graph.node):  # ORT cannot load plugins
+            ort_convs = {k: v for k, v in ort_conv_counts(out).items() if k in ("int8", "float", "total")}
     return CalibResult(out=out, cache=st.cache_path, cache_hit=st.cache_hit, method=method,
                        percentile=float(percentile) if method == "percentile" else None, per_channel=per_channel,
                        num_images=int(st.stats.num_images),
                        skipped_images=list(selection.skipped) if selection is not None else [],
                        quantized=quantized_nodes(final), excluded=excluded, size_mb=len(blob) / 2**20,
                        fp32_size_mb=len(data) / 2**20, seconds=time.perf_counter() - t0, report=report_rows,
-                       report_path=report_path, warnings=warnings)
+                       report_path=report_path, warnings=warnings, ort_convs=ort_convs)
 
 
 def verify_runs(path: str | Path, batch_sizes=(1, 8)) -> None:
@@ -697,6 +769,8 @@ def summary_row(result: CalibResult) -> dict:
             "images": result.num_images, "per_channel": "yes" if result.per_channel else "no",
             "int8 layers": len(result.quantized), "excluded": len(result.excluded),
             "size_mb": f"{result.size_mb:.2f}", "fp32_mb": f"{result.fp32_size_mb:.2f}",
+            "ort convs int8/float": (f"{result.ort_convs['int8']}/{result.ort_convs['float']}"
+                                     if result.ort_convs else "-"),
             "cache": "hit" if result.cache_hit else "new", "time_s": f"{result.seconds:.1f}"}
 
 

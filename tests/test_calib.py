@@ -115,14 +115,18 @@ def test_post_processing_stays_float(int8, fp32_onnx):
                 if n.name.startswith("post/")]
     now = [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node if n.name.startswith("post/")]
     assert now == original
-    # the head's prediction convs read int8 but write float: their outputs carry no Q
+    # the head's prediction convs read int8; by default (head_outputs="int8") their output is one
+    # Q -> DQ pair, dequantized before the shape ops that lead to the float net/* tensors
     producers = {o: n for n in model.graph.node for o in n.output}
     for b in [o for n in model.graph.node for o in n.output if o.startswith("net/")]:
         n = producers[b]
+        path = []
         while n.op_type != "Conv":
-            assert n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            path.append(n.op_type)
             n = producers[n.input[0]]
         assert producers[n.input[1]].op_type == "DequantizeLinear"
+        assert path[-2:] == ["DequantizeLinear", "QuantizeLinear"]
+        assert not {"QuantizeLinear", "DequantizeLinear"} & set(path[:-2])
 
 
 def test_metadata_marks_int8_and_calibration(int8):

@@ -46,12 +46,32 @@ def test_calib_cli_writes_model_summary_and_json(fp32_onnx, synth_data, tmp_path
     assert "swdet calib" in stdout and "minmax" in stdout
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["num_images"] == 4 and summary["method"] == "minmax" and not summary["cache_hit"]
+    # ONNX Runtime runs every convolution of the default graph as int8 (swdet.calib.fusion)
+    assert summary["ort_convs"]["float"] == 0 and summary["ort_convs"]["int8"] > 0
+    assert "ort convs int8/float" in stdout
     # the int8 model goes through the other stages: eval's runtime, export's TensorRT check
     rc, stdout, err = _run(capsys, ["eval", str(out), "--ann", str(synth_data / "annotations" / "instances_val.json"),
                                     "--images", str(synth_data / "val"), "--quiet", "--device", "cpu"])
     assert rc == 0, err
     rc, stdout, err = _run(capsys, ["export", str(out), "--check-only"])
     assert rc == 0, err
+
+
+def test_calib_cli_flavours(fp32_onnx, synth_data, tmp_path, capsys):
+    """--head-outputs float --no-rewrite: the graph before the int8 rewrites, recorded in the
+    metadata; a bad --head-outputs is one usage line."""
+    from swdet.deploy.onnx_meta import read_onnx_metadata
+
+    out = tmp_path / "legacy.int8.onnx"
+    rc, _, err = _run(capsys, ["calib", str(fp32_onnx), "--images", str(synth_data / "val"), "--out", str(out),
+                               "--num-images", "2", "--method", "minmax", "--quiet", "--cache", str(tmp_path / "c.npz"),
+                               "--head-outputs", "float", "--no-rewrite"])
+    assert rc == 0, err
+    cal = read_onnx_metadata(onnx.load(str(out)))["calibration"]
+    assert cal["head_outputs"] == "float" and cal["rewrite"] is None and cal["float_output_convs"]
+    rc, _, err = _run(capsys, ["calib", str(fp32_onnx), "--images", str(synth_data / "val"), "--out", str(out),
+                               "--head-outputs", "int4"])
+    assert rc == 2 and "Traceback" not in err and "--head-outputs" in err
 
 
 def test_folder_without_images(fp32_onnx, tmp_path, capsys):

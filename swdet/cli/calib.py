@@ -38,15 +38,22 @@ from swdet.cli.common import CONTEXT, write_json
 @click.option("--no-cache", is_flag=True, help="Recompute the statistics even when the cache matches.")
 @click.option("--batch-size", default=4, show_default=True, type=int, help="Images per calibration batch.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image order.")
+@click.option("--head-outputs", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
+              help="The prediction convolutions' outputs: int8 (a Q/DQ pair, dequantized before the "
+                   "post-processing; ONNX Runtime runs them as int8) or float (float32 output).")
+@click.option("--no-rewrite", is_flag=True,
+              help="Skip the exact graph rewrites that let ONNX Runtime run every quantized convolution as int8 "
+                   "(sibling convolutions merged, shared outputs duplicated).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a summary of the run as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def calib(model, images, out, num_images, method, percentile, per_channel, exclude, report, report_images, cache,
-          no_cache, batch_size, seed, json_out, quiet):
+          no_cache, batch_size, seed, head_outputs, no_rewrite, json_out, quiet):
     """Calibrate MODEL (an fp32 .onnx from 'swdet export') on images and write an INT8 model
     with QuantizeLinear/DequantizeLinear pairs for TensorRT's explicit quantization:
     symmetric int8 (zero points 0), per-channel weights, Q/DQ on the convolution inputs and
-    residual additions, post-processing (decoding, threshold, NMS) left in float32. It runs in
-    ONNX Runtime as it is, and 'swdet export OUT --format tensorrt' builds an INT8 engine.
+    outputs and residual additions, post-processing (decoding, threshold, NMS) left in float32.
+    It runs in ONNX Runtime as it is (every convolution as int8), and 'swdet export OUT
+    --format tensorrt' builds an INT8 engine.
 
     \b
     Examples:
@@ -67,7 +74,7 @@ def calib(model, images, out, num_images, method, percentile, per_channel, exclu
     result = calibrate(model, images, out, num_images=num_images, method=method, percentile=percentile,
                        per_channel=per_channel, exclude=list(exclude), cache=cache, use_cache=not no_cache,
                        report=report, report_images=report_images, batch_size=batch_size, seed=seed,
-                       progress=not quiet, log=log)
+                       rewrite=not no_rewrite, head_outputs=head_outputs, progress=not quiet, log=log)
     if result.report:
         from swdet.calib.report import format_report
 
