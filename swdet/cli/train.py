@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from swdet.cli.common import CONTEXT, write_json
-from swdet.errors import SwdetError
+from swdet.errors import Interrupted, SwdetError
 
 
 def _default_out(name: str) -> Path:
@@ -101,7 +101,16 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
 
     from swdet.train.engine import train
 
-    result = train(cfg, out_dir, resume=resume, progress=not quiet, evaluate=not no_eval)
+    try:
+        result = train(cfg, out_dir, resume=resume, progress=not quiet, evaluate=not no_eval)
+    except Interrupted as e:
+        import shlex
+
+        again = ["--quiet"] if quiet else []
+        again += ["--no-eval"] if no_eval else []
+        launcher = "torchrun ... -m swdet" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "swdet"
+        raise Interrupted(f"{e}; resume with: {launcher} train --out {shlex.quote(str(out_dir))} --resume"
+                          f"{''.join(' ' + a for a in again)}", e.signum) from None
     summary = {k: v for k, v in result.items() if k != "eval"}
     if int(os.environ.get("RANK", "0")) == 0:
         rows = [{"run": str(out_dir), "method": ",".join(cfg.loss.method), "iters": result["iterations"],
