@@ -109,8 +109,10 @@ class Trainer:
             raise SwdetError(f"{self.ckpt_path}: nothing to resume (no checkpoint in {self.out})")
         self.state = load_checkpoint(self.ckpt_path) if self.resume else None
         self.train_set = build_dataset(cfg, "train", train=True)
+        self.train_set.require_boxes("train on")
         try:
             self.val_set = build_dataset(cfg, "val", train=False)
+            self.val_set.require_boxes("evaluate against")
         except SwdetError as e:
             if rt.is_main:
                 print(f"notice: no validation split ({e}); evaluation is skipped", file=sys.stderr)

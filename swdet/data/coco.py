@@ -236,7 +236,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     ``__getitem__(i)`` returns ``(image, target)``: ``image`` uint8 ``[3, S, S]`` RGB and
     ``target = {"boxes": float32 [n, 4] xyxy canvas pixels, "labels": int64 [n] in 0..C-1,
-    "image_id": int, "orig_size": (h, w), "scale": float, "file": str, "unreadable": bool}``
+    "image_id": int, "orig_size": (h, w), "scale": float, "file": str, "unreadable": bool,
+    "annotated_size": (h, w) as the annotation file gives it}``
     (``unreadable`` is only ever ``True`` in evaluation mode, see the module docstring).
     """
 
@@ -356,6 +357,19 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.category_ids)
 
     @property
+    def num_boxes(self) -> int:
+        """Boxes kept after validation (crowd boxes included: evaluation counts them)."""
+        return len(self.coco.dataset["annotations"]) if self._coco is not None else \
+            int(sum(len(b) for b in self._boxes))
+
+    def require_boxes(self, purpose: str = "train on") -> None:
+        """A one-line error naming the annotation file when it has no box left to ``purpose``."""
+        if self.num_boxes == 0:
+            skipped = sum(n for k, n in self.load_report.items() if k not in ("clipped", "crowd", "image_size"))
+            why = f" ({skipped} skipped as invalid)" if skipped else " (its 'annotations' list is empty)"
+            raise SwdetError(f"{self.ann_file}: no boxes to {purpose}{why}")
+
+    @property
     def skipped_images(self) -> int:
         """Images that failed to decode in ``__getitem__`` so far, over all worker processes."""
         return int(self._counters[:, 1].sum())
@@ -438,6 +452,7 @@ class CocoDetection(torch.utils.data.Dataset):
             "scale": self.imgsz / max(h, w),
             "file": self.image_path(i),
             "unreadable": True,
+            "annotated_size": (h, w),
         }
         return to_chw_tensor(canvas), target
 
@@ -472,6 +487,7 @@ class CocoDetection(torch.utils.data.Dataset):
             "scale": float(scale),
             "file": self.image_path(j),
             "unreadable": False,
+            "annotated_size": (ah, aw),
         }
         return to_chw_tensor(canvas), target
 
