@@ -123,12 +123,14 @@ def predict_dataset(infer: Callable, dataset, *, batch_size: int = 8, workers: i
     from tqdm import tqdm
 
     from swdet.data.loader import collate
+    from swdet.report import relay
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
     results = Predictions()
     sizes = SizeCheck(dataset)
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        relay(targets)
         for t in targets:
             sizes.add(t)
         sizes.check_early()

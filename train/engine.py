@@ -313,6 +313,7 @@ class Trainer:
         from tqdm import tqdm
 
         from swdet.data.loader import iterate_batches
+        from swdet.report import relay
 
         cfg, rt = self.cfg, self.ctx
         self.module.train()
@@ -333,7 +334,8 @@ class Trainer:
             if hook is not None and hook[0] == iteration:
                 for signum in hook[1]:
                     os.kill(os.getpid(), signum)
-            epoch, (images, _targets, assign) = next(batches)
+            epoch, (images, targets, assign) = next(batches)
+            relay(targets)  # data warnings from loader workers, reported once by the main process
             ok, parts = self.step(images, assign, iteration - 1)
             stop.iteration = iteration
             bad = (~ok).float()

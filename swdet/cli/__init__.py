@@ -67,6 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     click *returns* the code of an ``Exit`` (and ``--help`` / ``--version`` return 0) instead of
     raising it, so the returned value is the exit status. Commands return None.
     """
+    from swdet.report import installed
+
+    with installed() as reporter:  # every warning: one line above the progress bar, repeats counted
+        status = _main(argv)
+        closing = reporter.summary()
+        if closing:
+            click.echo(closing, err=True)
+        return status
+
+
+def _main(argv: list[str] | None) -> int:
     debug = os.environ.get("SWDET_DEBUG", "") not in ("", "0")
     try:
         rv = cli.main(args=argv, prog_name="swdet", standalone_mode=False)

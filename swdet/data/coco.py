@@ -237,7 +237,8 @@ class CocoDetection(torch.utils.data.Dataset):
     ``__getitem__(i)`` returns ``(image, target)``: ``image`` uint8 ``[3, S, S]`` RGB and
     ``target = {"boxes": float32 [n, 4] xyxy canvas pixels, "labels": int64 [n] in 0..C-1,
     "image_id": int, "orig_size": (h, w), "scale": float, "file": str, "unreadable": bool,
-    "annotated_size": (h, w) as the annotation file gives it}``
+    "annotated_size": (h, w) as the annotation file gives it, "warnings": [lines a DataLoader
+    worker could not show itself]}``
     (``unreadable`` is only ever ``True`` in evaluation mode, see the module docstring).
     """
 
@@ -421,6 +422,7 @@ class CocoDetection(torch.utils.data.Dataset):
         u = rng.random(4)
         slot = self._slot()
         last_error = None
+        problems: list[str] = []  # in a worker: carried back with the sample (swdet.report.relay)
         for attempt in range(min(n, 1000) if self.train else 1):
             j = (index + attempt) % n
             path = self.image_path(j)
@@ -431,12 +433,19 @@ class CocoDetection(torch.utils.data.Dataset):
                 self._counters[slot, 1] += 1
                 last_error = e
                 what = "using the next image" if self.train else "returning a blank image, no predictions counted"
-                warnings.warn(f"{e}; skipped ({what})", DataWarning, stacklevel=2)
+                if slot:
+                    problems.append(f"{e}; skipped ({what})")
+                else:
+                    warnings.warn(f"{e}; skipped ({what})", DataWarning, stacklevel=2)
                 self._check_unreadable()
                 continue
-            return self._sample(j, img, u)
+            image, target = self._sample(j, img, u)
+            target["warnings"] = problems
+            return image, target
         if not self.train:
-            return self._blank(index)
+            image, target = self._blank(index)
+            target["warnings"] = problems
+            return image, target
         raise SwdetError(f"{self.ann_file}: no readable image found (last: {last_error})")
 
     def _blank(self, i: int):
