@@ -471,8 +471,44 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (YAML) or the defaults, then apply ``--set key=value`` overrides."""
+def blame_overrides(error: SwdetError, source: str, overrides: list[str] | None,
+                    origins: dict[str, str] | None = None) -> SwdetError:
+    """``error`` about ``source`` re-addressed to the option a value came from: a message
+    ``"<source>: <key> ..."`` whose key was set by an override names that option instead
+    (``origins`` maps keys to command-line flags, e.g. ``{"train.batch_size": "--batch-size"}``;
+    other overridden keys are ``--set``'s)."""
+    given = {item.split("=", 1)[0].strip(): "--set" for item in overrides or [] if "=" in item}
+    given.update(origins or {})
+    msg = str(error)
+    if not msg.startswith(f"{source}: ") or not given:
+        return error
+    rest = msg[len(source) + 2:]
+    head = rest.split(" ", 1)[0].rstrip(":")
+    if head.startswith("model") and head.endswith("]"):  # e.g. model.anchor_scales[1]
+        head = head.split("[", 1)[0]
+    prefix, _, last = head.rpartition(".")
+    keys = [head] + [f"{prefix}.{k}" if prefix else k for k in last.split("/")]
+    for key in keys:
+        if key in given and given[key] != source:
+            out = SwdetError(f"{given[key]}: {rest}")
+            out.exit_code = error.exit_code
+            return out
+    return error
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                origins: dict[str, str] | None = None) -> Config:
+    """Load ``path`` (YAML) or the defaults, then apply ``--set key=value`` overrides. An error
+    about an overridden value names the option it came from (``origins``: key -> flag, else
+    ``--set``), not the file (:func:`blame_overrides`)."""
+    try:
+        return _load_config(path, overrides)
+    except SwdetError as e:
+        source = str(Path(path)) if path is not None else ("--set" if overrides else "defaults")
+        raise blame_overrides(e, source, overrides, origins) from None
+
+
+def _load_config(path, overrides) -> Config:
     data: dict = {}
     source = "--set" if overrides else "defaults"
     if path is not None:

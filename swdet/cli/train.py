@@ -58,21 +58,26 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
     from swdet.table import format_table
 
     sets = list(overrides)
+    origins: dict[str, str] = {}  # config key -> the flag that set it (errors name the flag)
     if model:
         sets.insert(0, f"model={model}")
-    opts = {"data.root": data_root, "loss.method": method, "train.iters": iters, "train.epochs": epochs,
-            "train.batch_size": batch_size, "model.imgsz": imgsz, "train.lr": lr, "train.device": device,
-            "data.workers": workers, "train.ckpt_every": ckpt_every}
-    for key, value in opts.items():
+        origins["model"] = "--model"
+    opts = {"data.root": ("--data", data_root), "loss.method": ("--method", method),
+            "train.iters": ("--iters", iters), "train.epochs": ("--epochs", epochs),
+            "train.batch_size": ("--batch-size", batch_size), "model.imgsz": ("--imgsz", imgsz),
+            "train.lr": ("--lr", lr), "train.device": ("--device", device), "data.workers": ("--workers", workers),
+            "train.ckpt_every": ("--ckpt-every", ckpt_every)}
+    for key, (flag, value) in opts.items():
         if value is not None:
             if isinstance(value, int) and value < 0:
-                raise SwdetError(f"--{key.split('.')[-1].replace('_', '-')}: must be non-negative, got {value}")
+                raise SwdetError(f"{flag}: must be non-negative, got {value}")
             sets.append(f"{key}={value}")
+            origins[key] = flag
     if iters is not None:
         sets.append("train.epochs=0")
     if resume:
         # Continue with the run's own config; options given now (e.g. a larger --iters) apply on top.
-        from swdet.config import apply_override, config_from_dict
+        from swdet.config import apply_override, blame_overrides, config_from_dict
         from swdet.train.checkpoint import load_checkpoint
 
         if out is None:
@@ -84,9 +89,12 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
         saved["train"]["device"] = "auto"
         for item in sets:
             apply_override(saved, item)
-        cfg = config_from_dict(saved, str(ckpt))
+        try:
+            cfg = config_from_dict(saved, str(ckpt))
+        except SwdetError as e:
+            raise blame_overrides(e, str(ckpt), sets, origins) from None
     else:
-        cfg = load_config(config, sets)
+        cfg = load_config(config, sets, origins)
     if not cfg.name:
         cfg.name = Path(config).stem if config else f"{cfg.model.name}_{'_'.join(cfg.loss.method)}"
     if out is None:
