@@ -35,7 +35,9 @@ def _default_out(name: str) -> Path:
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
 @click.option("--workers", type=int, help="Data-loader worker processes.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>_<method>).")
-@click.option("--ckpt-every", type=int, help="Checkpoint every N iterations (and always at the end).")
+@click.option("--ckpt-every", type=int, help="Checkpoint every N iterations (and always at the end; also at least "
+                                           "every train.ckpt_minutes, 10, and on Ctrl-C / SIGTERM).")
+@click.option("--eval-every", type=int, help="Evaluate on the val split every N iterations (plots/val_ap.png).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -44,7 +46,7 @@ def _default_out(name: str) -> Path:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the run summary as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz, lr, device, workers, out, ckpt_every,
-              resume, overwrite, overrides, no_eval, json_out, quiet):
+              eval_every, resume, overwrite, overrides, no_eval, json_out, quiet):
     """Train a detector and write a run directory.
 
     \b
@@ -66,7 +68,7 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
             "train.iters": ("--iters", iters), "train.epochs": ("--epochs", epochs),
             "train.batch_size": ("--batch-size", batch_size), "model.imgsz": ("--imgsz", imgsz),
             "train.lr": ("--lr", lr), "train.device": ("--device", device), "data.workers": ("--workers", workers),
-            "train.ckpt_every": ("--ckpt-every", ckpt_every)}
+            "train.ckpt_every": ("--ckpt-every", ckpt_every), "train.eval_every": ("--eval-every", eval_every)}
     for key, (flag, value) in opts.items():
         if value is not None:
             if isinstance(value, int) and value < 0:
