@@ -79,7 +79,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("key, value, needle", BAD, ids=[f"{k}={'(dropped)' if v is _DROP else v!r}"[:40] for k, v, _ in BAD])
+@pytest.mark.parametrize("key, value, needle", BAD,
+                         ids=[f"{k}={'(dropped)' if v is _DROP else v!r}"[:40] for k, v, _ in BAD])
 def test_every_field_is_checked(key, value, needle):
     meta = _set(model_meta(64), key, value if value is _DROP else copy.deepcopy(value))
     with pytest.raises(SwdetError, match="m.json") as e:

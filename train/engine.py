@@ -8,8 +8,9 @@ found by the data layer (:func:`swdet.data.find_split`).
 ``train(cfg, out_dir, resume=False)`` writes the run directory of docs/design.md:
 
 - ``checkpoints/last.pt``: full training state, written atomically every ``ckpt_every``
-  iterations, at least every ``ckpt_minutes`` minutes, on SIGINT / SIGTERM and at the end (model, weighting networks, optimizers, scheduler, scaler,
-  iteration, RNG, data position, method state, cached statistics);
+  iterations, at least every ``ckpt_minutes`` minutes, on SIGINT / SIGTERM
+  (:mod:`~swdet.train.interrupt`) and at the end (model, weighting networks, optimizers,
+  scheduler, scaler, iteration, RNG, data position, method state, cached statistics);
 - ``model.safetensors`` + ``model.json``: the deployable artifact (the detector only);
 - ``log.jsonl``, ``metrics.json``, ``plots/``.
 
