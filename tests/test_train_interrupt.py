@@ -89,3 +89,15 @@ def test_time_based_checkpoint(synth_data, tmp_path):
     trainer.fit()
     assert saved == [1, 2, 3]  # every step once the interval has passed, then the end
     assert load_config(None).train.ckpt_minutes == 10.0
+
+
+def test_signal_during_the_last_step_leaves_the_artifact_to_resume(synth_data, tmp_path, reference):
+    run = tmp_path / "run"
+    res = _train(synth_data, run, signal_at=f"{TOTAL}:SIGTERM")
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert _ckpt(run)["iteration"] == TOTAL and not (run / "model.safetensors").exists()
+    again = _swdet("train", "--out", str(run), "--resume", "--quiet", "--no-eval")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "model.safetensors").is_file()
+    for k, v in reference["model"].items():
+        torch.testing.assert_close(_ckpt(run)["model"][k], v, rtol=0, atol=0)

@@ -370,10 +370,8 @@ class Trainer:
                     raise TrainingDiverged(
                         f"training stopped at iteration {iteration}: {skipped} non-finite losses "
                         f"({consecutive} in a row); {kept} (lower train.lr or enable train.grad_clip)")
-            if last:
-                break
             requested, due = self._stop_or_save(stop, time.perf_counter())
-            if requested:
+            if requested:  # (also after the last step: the artifact and evaluation wait for --resume)
                 bar.close()
                 self.history["skipped_steps"] += int(bad_total)
                 self.history["train_time_s"] = (self.history.get("train_time_s", 0.0)
@@ -382,6 +380,8 @@ class Trainer:
                 raise Interrupted(f"interrupted by {signal_name(stop.signum)} after iteration {iteration} of "
                                   f"{self.total}; checkpoint {self.ckpt_path} holds iteration {iteration}",
                                   stop.signum)
+            if last:
+                break
             if due or (cfg.train.ckpt_every and iteration % cfg.train.ckpt_every == 0):
                 self.history["skipped_steps"] += int(bad_total)
                 bad_total.zero_()
