@@ -101,3 +101,23 @@ def test_signal_during_the_last_step_leaves_the_artifact_to_resume(synth_data, t
     assert (run / "model.safetensors").is_file()
     for k, v in reference["model"].items():
         torch.testing.assert_close(_ckpt(run)["model"][k], v, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_ranks_agree_on_the_iteration_when_one_rank_is_signalled(synth_data, tmp_path):
+    import socket
+    import sys
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "swdet", "train", "--data", str(synth_data), "--iters", "6", "--out", str(out), "--no-eval",
+           *TINY_TRAIN]
+    env = dict(os.environ, OMP_NUM_THREADS="1", SWDET_TEST_SIGNAL="3:SIGTERM@1")  # rank 1 only
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode != 0  # the ranks exit 143; torchrun reports that as a failure
+    assert _ckpt(out)["iteration"] == 3, res.stderr[-3000:]  # written by rank 0, which saw no signal
+    assert "interrupted by SIGTERM after iteration 3 of 6" in res.stderr, res.stderr[-3000:]
+    assert "internal error" not in res.stderr  # (torchrun itself reports the non-zero exits with a traceback)

@@ -332,7 +332,7 @@ class Trainer:
         iteration = start
         for iteration in range(start + 1, self.total + 1):
             stop.iteration = iteration - 1
-            if hook is not None and hook[0] == iteration:
+            if hook is not None and hook[0] == iteration and hook[2] in (None, rt.rank):
                 for signum in hook[1]:
                     os.kill(os.getpid(), signum)
             epoch, (images, targets, assign) = next(batches)

@@ -6,8 +6,9 @@ the iteration, see :meth:`Trainer.fit <swdet.train.engine.Trainer.fit>`) and rai
 :class:`~swdet.errors.Interrupted` (exit status 130 / 143). A second signal raises at once; the
 checkpoint on disk is then the last one written (writes are atomic, so it is never half a file).
 
-``SWDET_TEST_SIGNAL=K:SIG[,SIG...]`` (a test hook) makes the trainer send itself the named
-signals at the start of iteration ``K``, so tests can interrupt at an exact iteration.
+``SWDET_TEST_SIGNAL=K:SIG[,SIG...][@RANK]`` (a test hook) makes the trainer send itself the
+named signals at the start of iteration ``K`` (on one DDP rank with ``@RANK``), so tests can
+interrupt at an exact iteration.
 """
 
 from __future__ import annotations
@@ -64,10 +65,14 @@ class GracefulStop:
                   "(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
-def signal_hook() -> tuple[int, list[int]] | None:
-    """The ``SWDET_TEST_SIGNAL`` hook: ``(iteration, [signums])`` or None."""
+def signal_hook() -> tuple[int, list[int], int | None] | None:
+    """The ``SWDET_TEST_SIGNAL`` hook: ``(iteration, [signums], rank or None)`` or None.
+    ``K:SIG[,SIG...][@R]``: at the start of iteration K, send the signals (to rank R only when
+    ``@R`` is given: the other DDP ranks must then stop after the same iteration)."""
     spec = os.environ.get("SWDET_TEST_SIGNAL", "")
     if not spec:
         return None
+    spec, _, rank = spec.partition("@")
     at, _, names = spec.partition(":")
-    return int(at), [int(getattr(signal, n.strip())) for n in (names or "SIGINT").split(",") if n.strip()]
+    signums = [int(getattr(signal, n.strip())) for n in (names or "SIGINT").split(",") if n.strip()]
+    return int(at), signums, (int(rank) if rank else None)
