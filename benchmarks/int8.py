@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="8 calibration images, 3 rounds x 1 call (a functional check, not a measurement)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "int8",
-                    help="output stem: writes STEM.json and STEM.md")
+                    help="output stem: writes <stem>.json and <stem>.md")
     args = ap.parse_args(argv)
     if args.quick:
         args.num_images, args.rounds, args.iters, args.warmup = min(args.num_images, 8), 3, 1, 1

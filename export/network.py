@@ -40,7 +40,8 @@ from swdet.export.onnx_postprocess import TRT_DOMAIN, output_value_infos
 
 INPUT_NAME = "images"
 MIN_OPSET = 13  # GatherND batch_dims, ReduceSum axes as input, NonMaxSuppression-11
-MAX_OPSET = 20  # TensorRT 10.0's ONNX parser: opsets 9-20 (onnx-tensorrt docs/operators.md)
+# TensorRT 10.0's ONNX parser: opsets 9-20 (https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md)
+MAX_OPSET = 20
 DEFAULT_OPSET = 17
 BATCH_DIM = "batch"
 EXPORTERS = {"auto": ("torchscript", "dynamo"), "torchscript": ("torchscript",), "dynamo": ("dynamo",)}

@@ -186,12 +186,9 @@ def read_metadata(meta_path: str | Path) -> dict:
         raise SwdetError(f"{meta_path}: cannot read ({e.__class__.__name__})") from None
     except json.JSONDecodeError as e:
         raise SwdetError(f"{meta_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise SwdetError(f"{meta_path}: not an swdet model description (format != {FORMAT!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise SwdetError(f"{meta_path}: written by a newer swdet (format_version "
-                         f"{meta['format_version']}); upgrade swdet")
-    return meta
+    from swdet.modeljson import check_metadata
+
+    return check_metadata(meta, str(meta_path))
 
 
 def input_size(meta: dict) -> int:

@@ -107,6 +107,7 @@ class TrainConfig:
     deterministic: bool = True  # deterministic algorithms on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ckpt_every: int = 500
+    ckpt_minutes: float = 10.0  # also checkpoint when this much time passed since the last one; 0 = off
     log_every: int = 20
     eval_every: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
@@ -470,8 +471,44 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (YAML) or the defaults, then apply ``--set key=value`` overrides."""
+def blame_overrides(error: SwdetError, source: str, overrides: list[str] | None,
+                    origins: dict[str, str] | None = None) -> SwdetError:
+    """``error`` about ``source`` re-addressed to the option a value came from: a message
+    ``"<source>: <key> ..."`` whose key was set by an override names that option instead
+    (``origins`` maps keys to command-line flags, e.g. ``{"train.batch_size": "--batch-size"}``;
+    other overridden keys are ``--set``'s)."""
+    given = {item.split("=", 1)[0].strip(): "--set" for item in overrides or [] if "=" in item}
+    given.update(origins or {})
+    msg = str(error)
+    if not msg.startswith(f"{source}: ") or not given:
+        return error
+    rest = msg[len(source) + 2:]
+    head = rest.split(" ", 1)[0].rstrip(":")
+    if head.startswith("model") and head.endswith("]"):  # e.g. model.anchor_scales[1]
+        head = head.split("[", 1)[0]
+    prefix, _, last = head.rpartition(".")
+    keys = [head] + [f"{prefix}.{k}" if prefix else k for k in last.split("/")]
+    for key in keys:
+        if key in given and given[key] != source:
+            out = SwdetError(f"{given[key]}: {rest}")
+            out.exit_code = error.exit_code
+            return out
+    return error
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                origins: dict[str, str] | None = None) -> Config:
+    """Load ``path`` (YAML) or the defaults, then apply ``--set key=value`` overrides. An error
+    about an overridden value names the option it came from (``origins``: key -> flag, else
+    ``--set``), not the file (:func:`blame_overrides`)."""
+    try:
+        return _load_config(path, overrides)
+    except SwdetError as e:
+        source = str(Path(path)) if path is not None else ("--set" if overrides else "defaults")
+        raise blame_overrides(e, source, overrides, origins) from None
+
+
+def _load_config(path, overrides) -> Config:
     data: dict = {}
     source = "--set" if overrides else "defaults"
     if path is not None:
@@ -527,16 +564,20 @@ def check_imgsz(value, where: str) -> int:
     return value
 
 
-def validate(cfg: Config, source: str = "config") -> None:
-    """Value checks that types alone do not catch."""
-    check_imgsz(cfg.model.imgsz, f"{source}: model.imgsz")
+def _raise_first(checks, source: str) -> None:
+    for ok, key, expected in checks:
+        if not ok:
+            raise SwdetError(f"{source}: {key} must be {expected}")
+
+
+def validate_model(m: ModelConfig, source: str = "config") -> None:
+    """The model section's value rules (a config file and every ``model.json`` load alike)."""
+    check_imgsz(m.imgsz, f"{source}: model.imgsz")
     from swdet.architectures import ARCHITECTURES, levels_ok
 
-    m, t, r = cfg.model, cfg.train, cfg.rcnn
     if m.arch not in ARCHITECTURES:
         raise SwdetError(f"{source}: model.arch must be {' or '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[m.arch]
-    two_stage = arch.two_stage
     checks = [
         (m.backbone in ("tiny", "resnet18", "resnet34", "resnet50"), "model.backbone",
          "tiny, resnet18, resnet34 or resnet50"),
@@ -544,17 +585,60 @@ def validate(cfg: Config, source: str = "config") -> None:
         (m.backbone_norm in ("bn", "frozen_bn"), "model.backbone_norm", "bn or frozen_bn"),
         (levels_ok(arch, m.min_level, m.max_level), "model.min_level/max_level", arch.level_rule),
         (0 < m.prior_prob < 1, "model.prior_prob", "in (0, 1)"),
+        (len(m.backbone_blocks) == 4 and min(m.backbone_blocks) >= 1, "model.backbone_blocks",
+         "four block counts, each at least 1"),
+        (m.num_classes >= 1, "model.num_classes", "at least 1"),
+        (min(m.fpn_channels, m.head_channels, m.backbone_width) >= 1,
+         "model.fpn_channels/head_channels/backbone_width", "at least 1"),
+        (m.head_convs >= 0, "model.head_convs", "non-negative"),
+        (m.frozen_stages >= 0, "model.frozen_stages", "non-negative"),
+        (m.anchor_size > 0, "model.anchor_size", "positive"),
+        (len(m.anchor_scales) >= 1 and min(m.anchor_scales) > 0, "model.anchor_scales",
+         "a non-empty list of positive numbers"),
+        (len(m.anchor_ratios) >= 1 and min(m.anchor_ratios) > 0, "model.anchor_ratios",
+         "a non-empty list of positive numbers"),
+    ]
+    if arch.two_stage:
+        checks += [
+            (min(m.rpn_pre_nms_topk, m.rpn_post_nms_topk, m.rpn_pre_nms_topk_train, m.rpn_post_nms_topk_train) >= 1,
+             "model.rpn_*_nms_topk*", "at least 1"),
+            (0 < m.rpn_nms_iou <= 1, "model.rpn_nms_iou", "in (0, 1]"),
+            (m.roi_size >= 1 and m.roi_sampling_ratio >= 1, "model.roi_size/roi_sampling_ratio", "at least 1"),
+            (m.box_head_dim >= 1, "model.box_head_dim", "at least 1"),
+            (m.rpn_nms_iters_train >= 2, "model.rpn_nms_iters_train", "at least 2"),
+        ]
+    _raise_first(checks, source)
+
+
+def validate_postprocess(p: PostprocessConfig, source: str = "config") -> None:
+    """The post-processing section's value rules (config files and ``model.json`` alike)."""
+    _raise_first([
+        (0 <= p.nms_iou <= 1, "postprocess.nms_iou", "in [0, 1]"),
+        (p.max_det >= 1, "postprocess.max_det", "at least 1"),
+        (p.pre_nms_topk >= 1, "postprocess.pre_nms_topk", "at least 1"),
+        (0 <= p.score_threshold < 1, "postprocess.score_threshold", "in [0, 1)"),
+    ], source)
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Value checks that types alone do not catch."""
+    from swdet.architectures import ARCHITECTURES
+
+    validate_model(cfg.model, source)
+    validate_postprocess(cfg.postprocess, source)
+    m, t, r = cfg.model, cfg.train, cfg.rcnn
+    two_stage = ARCHITECTURES[m.arch].two_stage
+    checks = [
         (t.iters >= 0, "train.iters", "non-negative"),
         (t.epochs >= 0, "train.epochs", "non-negative"),
         (t.batch_size >= 1, "train.batch_size", "at least 1"),
         (t.lr > 0, "train.lr", "positive"),
         (t.optimizer in ("sgd", "adamw"), "train.optimizer", "sgd or adamw"),
         (0 <= t.momentum < 1, "train.momentum", "in [0, 1)"),
-        (len(m.backbone_blocks) == 4 and min(m.backbone_blocks) >= 1, "model.backbone_blocks",
-         "four block counts, each at least 1"),
         (t.schedule in ("step", "cosine"), "train.schedule", "step or cosine"),
         (t.amp in ("auto", "none", "bf16", "fp16"), "train.amp", "auto, none, bf16 or fp16"),
         (t.ckpt_every >= 0, "train.ckpt_every", "non-negative"),
+        (t.ckpt_minutes >= 0, "train.ckpt_minutes", "non-negative"),
         (t.warmup_iters >= 0, "train.warmup_iters", "non-negative"),
         (t.log_every >= 1, "train.log_every", "at least 1"),
         (t.eval_every >= 0, "train.eval_every", "non-negative"),
@@ -589,18 +673,9 @@ def validate(cfg: Config, source: str = "config") -> None:
         (0 <= cfg.methods.ghm.momentum < 1, "methods.ghm.momentum", "in [0, 1)"),
         (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou"), "loss.reg_loss", "smooth_l1, l1 or giou"),
         (len(cfg.loss.method) >= 1, "loss.method", "at least one method"),
-        (0 <= cfg.postprocess.nms_iou <= 1, "postprocess.nms_iou", "in [0, 1]"),
-        (cfg.postprocess.max_det >= 1, "postprocess.max_det", "at least 1"),
-        (cfg.postprocess.pre_nms_topk >= 1, "postprocess.pre_nms_topk", "at least 1"),
-        (0 <= cfg.postprocess.score_threshold < 1, "postprocess.score_threshold", "in [0, 1)"),
     ]
     if two_stage:
         checks += [
-            (min(m.rpn_pre_nms_topk, m.rpn_post_nms_topk, m.rpn_pre_nms_topk_train, m.rpn_post_nms_topk_train) >= 1,
-             "model.rpn_*_nms_topk*", "at least 1"),
-            (0 < m.rpn_nms_iou <= 1, "model.rpn_nms_iou", "in (0, 1]"),
-            (m.roi_size >= 1 and m.roi_sampling_ratio >= 1, "model.roi_size/roi_sampling_ratio", "at least 1"),
-            (m.box_head_dim >= 1, "model.box_head_dim", "at least 1"),
             (0 <= r.rpn_bg_iou <= r.rpn_fg_iou <= 1, "rcnn.rpn_bg_iou/rpn_fg_iou", "0 <= bg <= fg <= 1"),
             (0 <= r.roi_bg_iou_lo <= r.roi_bg_iou_hi <= r.roi_fg_iou <= 1, "rcnn.roi_bg_iou_lo/hi, roi_fg_iou",
              "0 <= bg_lo <= bg_hi <= fg <= 1"),
@@ -608,10 +683,7 @@ def validate(cfg: Config, source: str = "config") -> None:
             (0 < r.rpn_pos_fraction <= 1 and 0 < r.roi_pos_fraction <= 1, "rcnn.*_pos_fraction", "in (0, 1]"),
             (cfg.methods.sampling_free.rpn_pos_norm > 0 and cfg.methods.sampling_free.roi_pos_norm > 0,
              "methods.sampling_free.rpn_pos_norm/roi_pos_norm", "positive"),
-            (m.rpn_nms_iters_train >= 2, "model.rpn_nms_iters_train", "at least 2"),
         ]
-    for ok, key, expected in checks:
-        if not ok:
-            raise SwdetError(f"{source}: {key} must be {expected}")
+    _raise_first(checks, source)
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise SwdetError(f"{source}: train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")

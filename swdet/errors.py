@@ -38,3 +38,13 @@ class TrainingDiverged(SwdetError):
     """Too many non-finite losses in a row; the last good checkpoint is left intact."""
 
     exit_code = 3
+
+
+class Interrupted(SwdetError):
+    """The run was stopped by a signal (SIGINT, SIGTERM); the exit status is ``128 + signum``
+    (130, 143), the shell's convention. The message says what was kept and how to go on."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum

@@ -8,6 +8,7 @@ image pixels and dataset category ids here, once, for all runtimes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,25 +58,89 @@ class Predictions(list):
         self.image_ids: list[int] = [int(i) for i in image_ids]
 
 
+# Size check: more than this fraction of the images read differ from the annotation file's
+# width/height -> an error (the --images folder is not the one the annotations describe); fewer
+# -> one counted warning. Checked early once EARLY_AFTER images are read.
+SIZE_MISMATCH_FRACTION = 0.25
+SIZE_MISMATCH_EARLY_AFTER = 20
+
+
+class SizeCheck:
+    """Decoded image sizes against the annotation file's ``width``/``height`` (a pure swap is an
+    EXIF rotation, handled by the data layer, and not counted)."""
+
+    def __init__(self, dataset):
+        self.ann = getattr(dataset, "ann_file", "the annotation file")
+        self.images = getattr(dataset, "image_dir", "the image folder")
+        self.read = 0
+        self.mismatched: list[str] = []
+
+    def add(self, target: dict) -> None:
+        ann = target.get("annotated_size")
+        if ann is None or target.get("unreadable"):
+            return
+        self.read += 1
+        got, want = tuple(int(v) for v in target["orig_size"]), tuple(int(v) for v in ann)
+        if got != want and got != want[::-1]:
+            self.mismatched.append(f"{Path(str(target.get('file', '?'))).name} is {got[1]}x{got[0]}, "
+                                   f"not {want[1]}x{want[0]}")
+
+    def _many(self) -> bool:
+        return len(self.mismatched) > SIZE_MISMATCH_FRACTION * self.read
+
+    def _line(self) -> str:
+        return (f"{len(self.mismatched)} of {self.read} images in {self.images} differ in size from "
+                f"{Path(str(self.ann)).name} (e.g. {'; '.join(self.mismatched[:3])})")
+
+    def check_early(self) -> None:
+        if self.read >= SIZE_MISMATCH_EARLY_AFTER and self._many():
+            self.fail()
+
+    def fail(self) -> None:
+        from swdet.errors import SwdetError
+
+        raise SwdetError(f"{self._line()}: are these the images the annotations describe?")
+
+    def finish(self) -> None:
+        if not self.mismatched:
+            return
+        if self._many():
+            self.fail()
+        import warnings
+
+        from swdet.data.coco import DataWarning
+
+        warnings.warn(f"{self._line()}; their boxes were scaled to the files, AP may be off", DataWarning,
+                      stacklevel=2)
+
+
 def predict_dataset(infer: Callable, dataset, *, batch_size: int = 8, workers: int = 0,
                     progress: bool = True, desc: str = "eval") -> Predictions:
     """Run ``infer`` over an evaluation dataset (``train=False``); returns the COCO results as
-    :class:`Predictions` (with the readable image ids)."""
+    :class:`Predictions` (with the readable image ids). Decoded sizes are checked against the
+    annotation file (:class:`SizeCheck`): many mismatches are an error, a few one counted warning."""
     import torch
     from tqdm import tqdm
 
     from swdet.data.loader import collate
+    from swdet.report import relay
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
     results = Predictions()
+    sizes = SizeCheck(dataset)
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        relay(targets)
+        for t in targets:
+            sizes.add(t)
+        sizes.check_early()
         outputs = infer(images)
         lbs = [Letterbox(t["orig_size"][0], t["orig_size"][1], images.shape[-1], t["scale"]) for t in targets]
         keep = [not t.get("unreadable") for t in targets]
         results.extend(to_coco_results(outputs, lbs, [t["image_id"] for t in targets], dataset.category_ids,
                                        keep=keep))
         results.image_ids.extend(int(t["image_id"]) for t, k in zip(targets, keep) if k)
+    sizes.finish()
     return results
 
 
@@ -130,6 +195,8 @@ def evaluate_runtime(infer: Callable, ann_file=None, image_dir=None, *, imgsz: i
         source = getattr(infer, "source", "the model")
         raise SwdetError(f"{getattr(dataset, 'ann_file', ann_file)}: category ids {_head(dataset.category_ids)} do not match {source}'s "
                          f"{_head(model_ids)} (evaluate on the dataset the model was trained for)")
+    if hasattr(dataset, "require_boxes"):
+        dataset.require_boxes("evaluate against")
     preds = predict_dataset(infer, dataset, batch_size=batch_size, workers=workers, progress=progress, desc=desc)
     if not preds.image_ids:
         raise SwdetError(f"{getattr(dataset, 'image_dir', image_dir)}: none of the {len(dataset)} images could be read")

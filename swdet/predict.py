@@ -12,35 +12,78 @@ from pathlib import Path
 from swdet.errors import SwdetError
 
 
+# Drawings are written with at least this score unless --draw-threshold says otherwise: the
+# model's own threshold (what export bakes in) keeps far more boxes than a picture can show.
+DRAW_THRESHOLD = 0.3
+
+
 def collect_images(paths: list[Path]) -> list[Path]:
     """Files as given, folders expanded with :func:`swdet.data.image.list_images` (recursive,
-    sorted, the core image extensions)."""
+    sorted, the core image extensions); a file reached twice (given twice, or given and inside a
+    given folder) is kept once, where it first appears."""
     from swdet.data.image import list_images
 
     files: list[Path] = []
+    seen: set[Path] = set()
     for p in paths:
         if p.is_dir():
-            files.extend(list_images(p))
+            found = list_images(p)
         elif p.is_file():
-            files.append(p)
+            found = [p]
         else:
             raise SwdetError(f"{p}: no such file or directory")
+        for f in found:
+            key = Path(f).resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(Path(f))
     if not files:
         raise SwdetError(f"{', '.join(map(str, paths))}: no images found")
     return files
 
 
+def drawing_names(files: list[Path]) -> dict[Path, Path]:
+    """Each file's drawing, relative to the ``--save-images`` folder: its path relative to the
+    deepest folder all inputs share, with ``.jpg`` (``a/x.jpg`` and ``b/x.jpg`` ->
+    ``a/x.jpg``, ``b/x.jpg``); where two would still collide (``x.png`` and ``x.jpg``) the
+    original suffix stays in the name (``x.png.jpg``), then a counter."""
+    import os
+    from collections import Counter
+
+    resolved = [f.resolve() for f in files]
+    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    rel = [r.relative_to(root) for r in resolved]
+    names = [r.with_suffix(".jpg") for r in rel]
+    clash = {n for n, c in Counter(names).items() if c > 1}
+    out: dict[Path, Path] = {}
+    used: set[Path] = set()
+    for f, r, n in zip(files, rel, names):
+        if n in clash:
+            n = r.with_name(r.name + ".jpg")
+        base, k = n, 2
+        while n in used:
+            n = base.with_name(f"{base.stem}_{k}.jpg")
+            k += 1
+        used.add(n)
+        out[f] = n
+    return out
+
+
 def predict_files(rt, paths: list[Path], out_json: Path, *, batch_size: int = 8, save_images: Path | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, draw_threshold: float = DRAW_THRESHOLD) -> dict:
     """Run ``rt`` over the images; write ``out_json`` (one record per detection: ``file``,
     ``bbox`` x, y, w, h in original pixels, ``score``, ``category_id``, ``category``); return
-    counts."""
+    counts. With ``save_images``, each image's detections scoring at least ``draw_threshold``
+    are drawn into that folder under a unique name (:func:`drawing_names`); the JSON keeps every
+    detection."""
     from tqdm import tqdm
 
     from swdet.artifact import atomic_write_json
     from swdet.preprocess import Preprocessor, map_detections
 
     files = collect_images(paths)
+    drawings = drawing_names(files) if save_images else {}
+    by_name = {str(f): f for f in files}
     records: list[dict] = []
     skipped: list[str] = []
     if save_images:
@@ -58,7 +101,7 @@ def predict_files(rt, paths: list[Path], out_json: Path, *, batch_size: int = 8,
             for name, d in zip(batch.names, dets):
                 records.extend(d.to_records(file=name))
                 if save_images:
-                    _save_drawing(Path(name), d, save_images)
+                    _save_drawing(by_name[name], d, save_images / drawings[by_name[name]], draw_threshold)
     bar.close()
     if len(skipped) == len(files):
         raise SwdetError(f"none of the {len(files)} images could be read (e.g. {skipped[0]})")
@@ -67,9 +110,14 @@ def predict_files(rt, paths: list[Path], out_json: Path, *, batch_size: int = 8,
             "skipped_files": skipped}
 
 
-def _save_drawing(path: Path, dets, folder: Path) -> None:
+def _save_drawing(path: Path, dets, out: Path, threshold: float) -> None:
+    import io
+
+    from swdet.artifact import atomic_write_bytes
     from swdet.data.image import load_image
     from swdet.visualize import draw_detections
 
-    drawn = draw_detections(load_image(path), dets.boxes, dets.scores, dets.names)
-    drawn.save(folder / (path.stem + ".jpg"), quality=90)
+    drawn = draw_detections(load_image(path), dets.boxes, dets.scores, dets.names, score_threshold=threshold)
+    buf = io.BytesIO()
+    drawn.save(buf, format="JPEG", quality=90)
+    atomic_write_bytes(out, buf.getvalue())

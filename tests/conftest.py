@@ -58,3 +58,15 @@ def assert_layer_boundary(code: str, package: str, forbidden: tuple[str, ...]) -
             s = line.strip()
             if s.startswith(("import ", "from ")):
                 assert not any(m in s for m in forbidden), f"{f}: {s}"
+
+
+def model_meta(imgsz: int = 64, names=("a",), **extra) -> dict:
+    """A valid ``model.json`` dict (retinanet_tiny at ``imgsz``) for tests that hand-write metadata."""
+    from swdet.artifact import build_metadata
+    from swdet.config import PostprocessConfig, model_preset
+
+    cfg = model_preset("retinanet_tiny")
+    cfg.imgsz, cfg.num_classes = imgsz, len(names)
+    meta = build_metadata(cfg, PostprocessConfig(), class_names=list(names),
+                          category_ids=list(range(1, len(names) + 1)), method=["focal"])
+    return {**meta, **extra}

@@ -15,6 +15,8 @@ import torch
 from swdet.artifact import atomic_write_bytes, atomic_write_json, threshold_record
 from swdet.errors import SwdetError
 
+from conftest import model_meta
+
 
 # ----------------------------------------------------------------------------------------------
 # Atomic writes
@@ -78,7 +80,7 @@ def test_onnx_metadata_roundtrip_and_strict_errors(tmp_path):
     assert read_onnx_metadata(proto) is None
     with pytest.raises(SwdetError, match="m.onnx: not an swdet model \\(no swdet metadata\\)"):
         require_onnx_metadata(proto, "m.onnx")
-    meta = {"format": "swdet-model", "input": {"size": 64}, "score": np.float32(0.25)}
+    meta = model_meta(64, score=np.float32(0.25))
     set_onnx_metadata(proto, meta)
     set_onnx_metadata(proto, {**meta, "again": True})  # replaces, never duplicates
     assert [p.key for p in proto.metadata_props] == ["swdet"]
@@ -90,7 +92,7 @@ def test_onnx_metadata_roundtrip_and_strict_errors(tmp_path):
     with pytest.raises(SwdetError, match="not a model description"):
         parse_metadata(json.dumps({"format": "other"}), "x.onnx")
     with pytest.raises(SwdetError, match="newer swdet"):
-        parse_metadata(json.dumps({"format": "swdet-model", "input": {}, "format_version": 99}), "x.onnx")
+        parse_metadata(json.dumps(model_meta(format_version=99)), "x.onnx")
     assert read_onnx_metadata(proto) == {**meta, "score": 0.25, "again": True}  # lenient: no format check needed
 
 
@@ -123,7 +125,7 @@ def test_engine_sidecar_rules(tmp_path):
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
-    side = engine_sidecar({"format": "swdet-model", "input": {"size": 64}}, tensorrt_version="10.3.0", gpu="G1",
+    side = engine_sidecar(model_meta(64), tensorrt_version="10.3.0", gpu="G1",
                           compute_capability="9.0", precision="fp16", profile={"min": [1, 3, 64, 64]},
                           onnx_sha256="0" * 64, onnx_name="m.onnx")
     path = write_engine_sidecar(engine, side)

@@ -8,8 +8,9 @@ found by the data layer (:func:`swdet.data.find_split`).
 ``train(cfg, out_dir, resume=False)`` writes the run directory of docs/design.md:
 
 - ``checkpoints/last.pt``: full training state, written atomically every ``ckpt_every``
-  iterations and at the end (model, weighting networks, optimizers, scheduler, scaler,
-  iteration, RNG, data position, method state, cached statistics);
+  iterations, at least every ``ckpt_minutes`` minutes, on SIGINT / SIGTERM
+  (:mod:`~swdet.train.interrupt`) and at the end (model, weighting networks, optimizers,
+  scheduler, scaler, iteration, RNG, data position, method state, cached statistics);
 - ``model.safetensors`` + ``model.json``: the deployable artifact (the detector only);
 - ``log.jsonl``, ``metrics.json``, ``plots/``.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -42,9 +44,10 @@ from swdet.artifact import (
 )
 from swdet.config import Config
 from swdet.data.splits import find_split
-from swdet.errors import SwdetError, TrainingDiverged
+from swdet.errors import Interrupted, SwdetError, TrainingDiverged
 from swdet.models import build_model, count_parameters
 from swdet.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from swdet.train.interrupt import GracefulStop, signal_hook, signal_name
 from swdet.train.distributed import all_gather, seed_everything, setup_distributed
 from swdet.train.methods import MethodSet, build_methods
 from swdet.train.retina_loss import build_detector_loss
@@ -107,8 +110,10 @@ class Trainer:
             raise SwdetError(f"{self.ckpt_path}: nothing to resume (no checkpoint in {self.out})")
         self.state = load_checkpoint(self.ckpt_path) if self.resume else None
         self.train_set = build_dataset(cfg, "train", train=True)
+        self.train_set.require_boxes("train on")
         try:
             self.val_set = build_dataset(cfg, "val", train=False)
+            self.val_set.require_boxes("evaluate against")
         except SwdetError as e:
             if rt.is_main:
                 print(f"notice: no validation split ({e}); evaluation is skipped", file=sys.stderr)
@@ -283,9 +288,33 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
+        """The training loop, inside :class:`~swdet.train.interrupt.GracefulStop`: SIGINT and
+        SIGTERM finish the current step, write a checkpoint of that iteration and raise
+        :class:`~swdet.errors.Interrupted`."""
+        with GracefulStop(announce=self.ctx.is_main) as stop:
+            self.stop = stop
+            return self._fit(stop)
+
+    def _stop_or_save(self, stop: GracefulStop, now: float) -> tuple[bool, bool]:
+        """(stop requested, time-based checkpoint due), the same on every DDP rank: one small
+        all-reduce (max) per step, so a signal that reaches the ranks at different iterations
+        still stops them all after the same one."""
+        minutes = self.cfg.train.ckpt_minutes
+        due = bool(minutes) and now - self._t_ckpt >= 60.0 * minutes
+        if not self.ctx.distributed:
+            return stop.requested, due
+        flags = torch.tensor([float(stop.signum or 0), float(due)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # a rank's SIGTERM (15) outranks SIGINT (2)
+        signum, due = int(flags[0].item()), bool(flags[1].item())
+        if signum and stop.signum is None:
+            stop.signum = signum
+        return bool(signum), due
+
+    def _fit(self, stop: GracefulStop) -> dict:
         from tqdm import tqdm
 
         from swdet.data.loader import iterate_batches
+        from swdet.report import relay
 
         cfg, rt = self.cfg, self.ctx
         self.module.train()
@@ -295,13 +324,21 @@ class Trainer:
         bad_run = torch.zeros((), device=self.device)
         t_start = time.perf_counter()
         t_log, n_log = t_start, 0
+        self._t_ckpt = t_start
+        hook = signal_hook()
         bar = tqdm(total=self.total, initial=start, disable=not (self.progress and rt.is_main), unit="it",
                    dynamic_ncols=True, desc="train")
         batches = iter(iterate_batches(self.loader, start_iter=start, iters_per_epoch=self.iters_per_epoch))
         iteration = start
         for iteration in range(start + 1, self.total + 1):
-            epoch, (images, _targets, assign) = next(batches)
+            stop.iteration = iteration - 1
+            if hook is not None and hook[0] == iteration and hook[2] in (None, rt.rank):
+                for signum in hook[1]:
+                    os.kill(os.getpid(), signum)
+            epoch, (images, targets, assign) = next(batches)
+            relay(targets)  # data warnings from loader workers, reported once by the main process
             ok, parts = self.step(images, assign, iteration - 1)
+            stop.iteration = iteration
             bad = (~ok).float()
             bad_total += bad
             bad_run = (bad_run + bad) * bad
@@ -333,11 +370,24 @@ class Trainer:
                     raise TrainingDiverged(
                         f"training stopped at iteration {iteration}: {skipped} non-finite losses "
                         f"({consecutive} in a row); {kept} (lower train.lr or enable train.grad_clip)")
-            if cfg.train.ckpt_every and (iteration % cfg.train.ckpt_every == 0) and not last:
+            requested, due = self._stop_or_save(stop, time.perf_counter())
+            if requested:  # (also after the last step: the artifact and evaluation wait for --resume)
+                bar.close()
+                self.history["skipped_steps"] += int(bad_total)
+                self.history["train_time_s"] = (self.history.get("train_time_s", 0.0)
+                                                + time.perf_counter() - t_start)
+                self.save(iteration)
+                raise Interrupted(f"interrupted by {signal_name(stop.signum)} after iteration {iteration} of "
+                                  f"{self.total}; checkpoint {self.ckpt_path} holds iteration {iteration}",
+                                  stop.signum)
+            if last:
+                break
+            if due or (cfg.train.ckpt_every and iteration % cfg.train.ckpt_every == 0):
                 self.history["skipped_steps"] += int(bad_total)
                 bad_total.zero_()
                 self.save(iteration)
-            if cfg.train.eval_every and iteration % cfg.train.eval_every == 0 and not last:
+                self._t_ckpt = time.perf_counter()
+            if cfg.train.eval_every and iteration % cfg.train.eval_every == 0:
                 if rt.is_main:
                     metrics = self.evaluate(progress=False)
                     self.log.write({"iter": iteration, **{f"val/{k}": v for k, v in metrics.items()}})

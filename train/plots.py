@@ -1,4 +1,5 @@
-"""Plots of a run directory, from ``log.jsonl``: loss curves and the training diagnostics."""
+"""Plots of a run directory, from ``log.jsonl``: loss curves, the learning rate, validation AP
+over training (with ``--eval-every N``) and the training diagnostics."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from pathlib import Path
 
 
-def _read_log(run_dir: Path) -> list[dict]:
+def _read_all(run_dir: Path) -> list[dict]:
     path = run_dir / "log.jsonl"
     if not path.is_file():
         return []
@@ -17,7 +18,15 @@ def _read_log(run_dir: Path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    return [r for r in rows if "loss" in r]
+    return [r for r in rows if isinstance(r, dict) and "iter" in r]
+
+
+def _read_log(run_dir: Path) -> list[dict]:
+    return [r for r in _read_all(run_dir) if "loss" in r]
+
+
+def _number(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def _figure(size=(7, 4.5)):
@@ -30,8 +39,11 @@ def _figure(size=(7, 4.5)):
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/losses.png`` and ``plots/diagnostics.png``; returns the files written."""
+    """Write ``plots/losses.png``, ``plots/lr.png``, ``plots/val_ap.png`` (when the log has
+    validation rows: ``--eval-every N``) and ``plots/diagnostics.png``; returns the files
+    written."""
     run_dir = Path(run_dir)
+    val_rows = [r for r in _read_all(run_dir) if "val/AP" in r]
     rows = _read_log(run_dir)
     if not rows:
         return []
@@ -54,6 +66,30 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(out / "losses.png")
     written.append(out / "losses.png")
+
+    fig = _figure((7, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(it, [_number(r.get("lr")) for r in rows])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{run_dir.name}: learning rate")
+    fig.tight_layout()
+    fig.savefig(out / "lr.png")
+    written.append(out / "lr.png")
+
+    if val_rows:
+        fig = _figure((7, 4))
+        ax = fig.add_subplot(1, 1, 1)
+        vit = [r["iter"] for r in val_rows]
+        for k in ("val/AP", "val/AP50", "val/AP75"):
+            ax.plot(vit, [_number(r.get(k)) for r in val_rows], marker="o", label=k.split("/", 1)[1])
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("COCO box AP (val)")
+        ax.legend(fontsize=8)
+        ax.set_title(f"{run_dir.name}: validation AP over training")
+        fig.tight_layout()
+        fig.savefig(out / "val_ap.png")
+        written.append(out / "val_ap.png")
 
     last = rows[-1]
     iou_keys = [k for k in last if k.startswith("diag/score_iou_") and k != "diag/score_iou_corr"]

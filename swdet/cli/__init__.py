@@ -20,7 +20,7 @@ import click
 
 from swdet.cli import calib, data, evaluate, export, pipeline, serve, train, verify
 from swdet.cli.common import CONTEXT
-from swdet.errors import SwdetError
+from swdet.errors import Interrupted, SwdetError
 
 
 @click.group(context_settings=CONTEXT)
@@ -60,13 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     0 on success; the code of a ``click.exceptions.Exit`` a command raises (``swdet verify``
     exits 1 when the candidate's cost differs); 2 for a usage error; the error's ``exit_code``
     for a :class:`~swdet.errors.SwdetError` (2 for bad input, 3 when training diverged), printed
-    as one line; 130 when interrupted; 1 for anything unexpected (one line; the traceback with
+    as one line; 130 when interrupted (SIGINT), 143 for a training run stopped by SIGTERM; 1 for anything unexpected (one line; the traceback with
     ``SWDET_DEBUG=1``).
 
     Click runs with ``standalone_mode=False`` so errors reach the handlers below; in that mode
     click *returns* the code of an ``Exit`` (and ``--help`` / ``--version`` return 0) instead of
     raising it, so the returned value is the exit status. Commands return None.
     """
+    from swdet.report import installed
+
+    with installed() as reporter:  # every warning: one line above the progress bar, repeats counted
+        status = _main(argv)
+        closing = reporter.summary()
+        if closing:
+            click.echo(closing, err=True)
+        return status
+
+
+def _main(argv: list[str] | None) -> int:
     debug = os.environ.get("SWDET_DEBUG", "") not in ("", "0")
     try:
         rv = cli.main(args=argv, prog_name="swdet", standalone_mode=False)
@@ -83,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.code is not None and not isinstance(e.code, int):
             click.echo(f"error: {e.code}", err=True)
         return exit_status(e.code)
+    except Interrupted as e:  # a clean stop on a signal: what was kept and how to go on, 128 + signum
+        click.echo(str(e), err=True)
+        return e.exit_code
     except SwdetError as e:
         if debug:
             raise

@@ -67,12 +67,15 @@ def eval_cmd(model, data_root, ann, images, json_out, predictions, device, batch
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_json", required=True, type=click.Path(dir_okay=False), help="Detections JSON to write.")
-@click.option("--save-images", type=click.Path(file_okay=False), help="Draw the detections into this folder.")
+@click.option("--save-images", type=click.Path(file_okay=False),
+              help="Draw the detections into this folder (names mirror the inputs' paths).")
+@click.option("--draw-threshold", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Draw only detections scoring at least this (the JSON keeps every detection).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--score-threshold", type=float, help="Override the model's score threshold.")
 @click.option("--quiet", is_flag=True)
-def predict_cmd(model, paths, out_json, save_images, device, batch_size, score_threshold, quiet):
+def predict_cmd(model, paths, out_json, save_images, draw_threshold, device, batch_size, score_threshold, quiet):
     """Detect objects in images (files or folders).
 
     Writes one record per detection: file, bbox (x, y, w, h in original pixels), score,
@@ -88,7 +91,8 @@ def predict_cmd(model, paths, out_json, save_images, device, batch_size, score_t
 
     rt = load_runtime(model, device=device, score_threshold=score_threshold)
     summary = predict_files(rt, [Path(p) for p in paths], Path(out_json), batch_size=batch_size,
-                            save_images=Path(save_images) if save_images else None, progress=not quiet)
+                            save_images=Path(save_images) if save_images else None, progress=not quiet,
+                            draw_threshold=draw_threshold)
     click.echo(f"{summary['detections']} detections in {summary['images']} images -> {out_json}"
                + (f" (skipped {summary['skipped']} unreadable: {', '.join(summary['skipped_files'][:3])})"
                   if summary["skipped"] else ""))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from swdet.cli.common import CONTEXT, write_json
-from swdet.errors import SwdetError
+from swdet.errors import Interrupted, SwdetError
 
 
 def _default_out(name: str) -> Path:
@@ -35,7 +35,9 @@ def _default_out(name: str) -> Path:
 @click.option("--device", help="auto | cpu | cuda | cuda:N.")
 @click.option("--workers", type=int, help="Data-loader worker processes.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>_<method>).")
-@click.option("--ckpt-every", type=int, help="Checkpoint every N iterations (and always at the end).")
+@click.option("--ckpt-every", type=int, help="Checkpoint every N iterations (and always at the end; also at least "
+                                           "every train.ckpt_minutes, 10, and on Ctrl-C / SIGTERM).")
+@click.option("--eval-every", type=int, help="Evaluate on the val split every N iterations (plots/val_ap.png).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoints/last.pt.")
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -44,7 +46,7 @@ def _default_out(name: str) -> Path:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the run summary as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz, lr, device, workers, out, ckpt_every,
-              resume, overwrite, overrides, no_eval, json_out, quiet):
+              eval_every, resume, overwrite, overrides, no_eval, json_out, quiet):
     """Train a detector and write a run directory.
 
     \b
@@ -58,21 +60,26 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
     from swdet.table import format_table
 
     sets = list(overrides)
+    origins: dict[str, str] = {}  # config key -> the flag that set it (errors name the flag)
     if model:
         sets.insert(0, f"model={model}")
-    opts = {"data.root": data_root, "loss.method": method, "train.iters": iters, "train.epochs": epochs,
-            "train.batch_size": batch_size, "model.imgsz": imgsz, "train.lr": lr, "train.device": device,
-            "data.workers": workers, "train.ckpt_every": ckpt_every}
-    for key, value in opts.items():
+        origins["model"] = "--model"
+    opts = {"data.root": ("--data", data_root), "loss.method": ("--method", method),
+            "train.iters": ("--iters", iters), "train.epochs": ("--epochs", epochs),
+            "train.batch_size": ("--batch-size", batch_size), "model.imgsz": ("--imgsz", imgsz),
+            "train.lr": ("--lr", lr), "train.device": ("--device", device), "data.workers": ("--workers", workers),
+            "train.ckpt_every": ("--ckpt-every", ckpt_every), "train.eval_every": ("--eval-every", eval_every)}
+    for key, (flag, value) in opts.items():
         if value is not None:
             if isinstance(value, int) and value < 0:
-                raise SwdetError(f"--{key.split('.')[-1].replace('_', '-')}: must be non-negative, got {value}")
+                raise SwdetError(f"{flag}: must be non-negative, got {value}")
             sets.append(f"{key}={value}")
+            origins[key] = flag
     if iters is not None:
         sets.append("train.epochs=0")
     if resume:
         # Continue with the run's own config; options given now (e.g. a larger --iters) apply on top.
-        from swdet.config import apply_override, config_from_dict
+        from swdet.config import apply_override, blame_overrides, config_from_dict
         from swdet.train.checkpoint import load_checkpoint
 
         if out is None:
@@ -84,9 +91,12 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
         saved["train"]["device"] = "auto"
         for item in sets:
             apply_override(saved, item)
-        cfg = config_from_dict(saved, str(ckpt))
+        try:
+            cfg = config_from_dict(saved, str(ckpt))
+        except SwdetError as e:
+            raise blame_overrides(e, str(ckpt), sets, origins) from None
     else:
-        cfg = load_config(config, sets)
+        cfg = load_config(config, sets, origins)
     if not cfg.name:
         cfg.name = Path(config).stem if config else f"{cfg.model.name}_{'_'.join(cfg.loss.method)}"
     if out is None:
@@ -101,7 +111,16 @@ def train_cmd(config, data_root, model, method, iters, epochs, batch_size, imgsz
 
     from swdet.train.engine import train
 
-    result = train(cfg, out_dir, resume=resume, progress=not quiet, evaluate=not no_eval)
+    try:
+        result = train(cfg, out_dir, resume=resume, progress=not quiet, evaluate=not no_eval)
+    except Interrupted as e:
+        import shlex
+
+        again = ["--quiet"] if quiet else []
+        again += ["--no-eval"] if no_eval else []
+        launcher = "torchrun ... -m swdet" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "swdet"
+        raise Interrupted(f"{e}; resume with: {launcher} train --out {shlex.quote(str(out_dir))} --resume"
+                          f"{''.join(' ' + a for a in again)}", e.signum) from None
     summary = {k: v for k, v in result.items() if k != "eval"}
     if int(os.environ.get("RANK", "0")) == 0:
         rows = [{"run": str(out_dir), "method": ",".join(cfg.loss.method), "iters": result["iterations"],

@@ -64,6 +64,8 @@ def verify_cmd(baseline, candidate, ann, images, rounds, batch_size, tolerance, 
         b, b_src = _as_onnx(candidate, Path(tmp), "candidate", None)
         report = verify(a, b, baseline_source=a_src, candidate_source=b_src, ann=ann, images=images,
                         batch_size=batch_size, rounds=rounds, tolerance=tolerance, device=device)
+    # the report names what the user passed, not the temporary ONNX files exported from it
+    report.baseline, report.candidate = str(baseline), str(candidate)
     click.echo(format_verify_report(report))
     write_json(json_out, report.to_dict())
     if not report.ok:

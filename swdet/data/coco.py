@@ -236,7 +236,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     ``__getitem__(i)`` returns ``(image, target)``: ``image`` uint8 ``[3, S, S]`` RGB and
     ``target = {"boxes": float32 [n, 4] xyxy canvas pixels, "labels": int64 [n] in 0..C-1,
-    "image_id": int, "orig_size": (h, w), "scale": float, "file": str, "unreadable": bool}``
+    "image_id": int, "orig_size": (h, w), "scale": float, "file": str, "unreadable": bool,
+    "annotated_size": (h, w) as the annotation file gives it, "warnings": [lines a DataLoader
+    worker could not show itself]}``
     (``unreadable`` is only ever ``True`` in evaluation mode, see the module docstring).
     """
 
@@ -356,6 +358,19 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.category_ids)
 
     @property
+    def num_boxes(self) -> int:
+        """Boxes kept after validation (crowd boxes included: evaluation counts them)."""
+        return len(self.coco.dataset["annotations"]) if self._coco is not None else \
+            int(sum(len(b) for b in self._boxes))
+
+    def require_boxes(self, purpose: str = "train on") -> None:
+        """A one-line error naming the annotation file when it has no box left to ``purpose``."""
+        if self.num_boxes == 0:
+            skipped = sum(n for k, n in self.load_report.items() if k not in ("clipped", "crowd", "image_size"))
+            why = f" ({skipped} skipped as invalid)" if skipped else " (its 'annotations' list is empty)"
+            raise SwdetError(f"{self.ann_file}: no boxes to {purpose}{why}")
+
+    @property
     def skipped_images(self) -> int:
         """Images that failed to decode in ``__getitem__`` so far, over all worker processes."""
         return int(self._counters[:, 1].sum())
@@ -407,6 +422,7 @@ class CocoDetection(torch.utils.data.Dataset):
         u = rng.random(4)
         slot = self._slot()
         last_error = None
+        problems: list[str] = []  # in a worker: carried back with the sample (swdet.report.relay)
         for attempt in range(min(n, 1000) if self.train else 1):
             j = (index + attempt) % n
             path = self.image_path(j)
@@ -417,12 +433,19 @@ class CocoDetection(torch.utils.data.Dataset):
                 self._counters[slot, 1] += 1
                 last_error = e
                 what = "using the next image" if self.train else "returning a blank image, no predictions counted"
-                warnings.warn(f"{e}; skipped ({what})", DataWarning, stacklevel=2)
+                if slot:
+                    problems.append(f"{e}; skipped ({what})")
+                else:
+                    warnings.warn(f"{e}; skipped ({what})", DataWarning, stacklevel=2)
                 self._check_unreadable()
                 continue
-            return self._sample(j, img, u)
+            image, target = self._sample(j, img, u)
+            target["warnings"] = problems
+            return image, target
         if not self.train:
-            return self._blank(index)
+            image, target = self._blank(index)
+            target["warnings"] = problems
+            return image, target
         raise SwdetError(f"{self.ann_file}: no readable image found (last: {last_error})")
 
     def _blank(self, i: int):
@@ -438,6 +461,7 @@ class CocoDetection(torch.utils.data.Dataset):
             "scale": self.imgsz / max(h, w),
             "file": self.image_path(i),
             "unreadable": True,
+            "annotated_size": (h, w),
         }
         return to_chw_tensor(canvas), target
 
@@ -472,6 +496,7 @@ class CocoDetection(torch.utils.data.Dataset):
             "scale": float(scale),
             "file": self.image_path(j),
             "unreadable": False,
+            "annotated_size": (ah, aw),
         }
         return to_chw_tensor(canvas), target
 

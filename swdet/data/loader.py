@@ -171,7 +171,12 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed ``random`` and NumPy's global RNG from the worker's
     torch seed (``base_seed + worker_id``, with ``base_seed`` drawn from the loader's seeded
     generator). swdet's own augmentation does not use global RNGs; this makes user code
-    deterministic too."""
+    deterministic too. Workers ignore SIGINT (a terminal's Ctrl-C reaches the whole process
+    group; the trainer decides how to stop: it finishes the step and checkpoints). SIGTERM keeps
+    its default: multiprocessing ends daemonic workers with it at exit."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)

@@ -136,7 +136,9 @@ def split_sidecar(data: dict, source: str) -> tuple[dict, dict]:
                          "with swdet export --format tensorrt")
     if "tensorrt_version" not in info:
         raise SwdetError(f"{source}: engine sidecar lacks 'tensorrt_version'; rebuild the engine")
-    return meta, info
+    from swdet.modeljson import check_metadata
+
+    return check_metadata(meta, source), info
 
 
 def check_engine_compat(info: dict, source: str, *, tensorrt_version: str, gpu: str | None,

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from swdet.artifact import FORMAT, FORMAT_VERSION, json_default
+from swdet.artifact import FORMAT, json_default
 from swdet.errors import SwdetError
 
 if TYPE_CHECKING:
@@ -57,11 +57,9 @@ def validate_metadata(meta: dict | None, source: str) -> dict:
         raise SwdetError(f"{source}: not an swdet model (no swdet metadata); export it with swdet export")
     if meta.get("format") != FORMAT or "input" not in meta:
         raise SwdetError(f"{source}: the swdet metadata is not a model description; re-export the model")
-    raw = meta.get("format_version", 0)
-    version = int(raw) if str(raw).isdigit() else 0
-    if version > FORMAT_VERSION:
-        raise SwdetError(f"{source}: written by a newer swdet (format_version {version}); upgrade swdet")
-    return meta
+    from swdet.modeljson import check_metadata
+
+    return check_metadata(meta, source)
 
 
 def parse_metadata(text: str | None, source: str) -> dict:

@@ -7,7 +7,7 @@ must not import export), and ``swdet.export`` re-exports the public names.
 
 Sources (looked up, encoded here, not copied):
 
-* onnx/onnx-tensorrt ``docs/operators.md`` (the operator support matrix of the TensorRT 10.x
+* https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md (the operator support matrix of the TensorRT 10.x
   parser: supported opsets 9-20 in 10.0, up to 24 in later 10.x; the supported / unsupported
   operators and their restrictions, e.g. ``TopK``: ``sorted`` must be 1 and ``K`` below 3840
   (a run-time K is accepted by 10.x; 8.x required an initializer);
