@@ -60,7 +60,8 @@ def method_list(spec: str) -> list[str]:
 
 class SyntheticSet:
     """What the trainer reads from a dataset, with random boxes and no images: ``len``,
-    ``get_target`` (Sampling-Free's statistics), ``class_names``, ``category_ids``."""
+    ``get_target`` (Sampling-Free's statistics), ``class_names``, ``category_ids``,
+    ``require_boxes`` (every image has boxes here)."""
 
     ann_file = None  # no statistics cache
 
@@ -81,6 +82,9 @@ class SyntheticSet:
 
     def __len__(self) -> int:
         return self.n
+
+    def require_boxes(self, purpose: str = "train on") -> None:
+        """Every synthetic image has 2-11 boxes: nothing to refuse."""
 
     def get_target(self, i: int) -> dict:
         return self.targets[i]
