@@ -121,9 +121,12 @@ def record_path(args, spec: str, seed: int) -> Path:
 
 def settings(args, spec: str) -> dict:
     """What a record must match to be reused: iterations, overrides, the config file and a hash
-    of the resolved config (so a changed recipe is rerun, not mixed in)."""
+    of the resolved config (so a changed recipe is rerun, not mixed in). Left out of the hash:
+    the seed (a record's own), the data location and loader workers, the time-based checkpoint
+    cadence."""
     cfg = config(args.arch, spec, args.data, args.iters, args.sets).to_dict()
     cfg["train"].pop("seed", None)
+    cfg["train"].pop("ckpt_minutes", None)  # checkpoint cadence does not change the trained weights
     cfg["data"] = {k: v for k, v in cfg["data"].items() if k not in ("root", "workers")}
     digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     return {"iters": args.iters, "sets": list(args.sets),
