@@ -344,6 +344,7 @@ def main() -> None:
     ap.add_argument("--timing-rounds", type=int, default=4)
     ap.add_argument("--accuracy-only", action="store_true", help="no step timing")
     ap.add_argument("--timing-only", action="store_true", help="no training: step timing and the table")
+    ap.add_argument("--table-only", action="store_true", help="no training, no timing: the table from the records")
     ap.add_argument("--tag", default="", help="a name for this set of records (e.g. a tuning split)")
     ap.add_argument("--runs", type=Path, default=None, help="run directories (default runs/methods/<arch>[-tag])")
     ap.add_argument("--records", type=Path, default=None)
@@ -362,9 +363,9 @@ def main() -> None:
     specs = args.methods.split(";") if args.methods else (RETINA_METHODS if args.arch == "retinanet"
                                                           else RCNN_METHODS)
     base = specs[0]
-    if not args.timing_only:
+    if not (args.timing_only or args.table_only):
         run_all(args, specs, seeds)
-    step = {} if args.accuracy_only else time_steps(args, specs)
+    step = {} if (args.accuracy_only or args.table_only) else time_steps(args, specs)
     recs = {s: load_records(args, s) for s in specs}
     rows = summarize(specs, base, recs, step)
     device = "cuda" if torch.cuda.is_available() else "cpu"
