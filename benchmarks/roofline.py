@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: retinanet_tiny at 128 px, batch 2, 1 thread, a small peak conv, 2 rounds x 1")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "roofline",
-                    help="output stem: writes STEM.json and STEM.md")
+                    help="output stem: writes <stem>.json and <stem>.md")
     args = ap.parse_args(argv)
     if args.quick:
         args.model, args.imgsz, args.batch, args.threads = "retinanet_tiny", 128, 2, 1
