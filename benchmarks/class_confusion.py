@@ -94,10 +94,10 @@ def main() -> None:
             aware = evaluate_detections(ann_path, preds).stats
             agn = evaluate_detections(agn_path, [{**p, "category_id": 1} for p in preds]).stats
             acc = class_accuracy(gt, preds)
-            rows.append({"run": str(run), "AP": round(100 * aware["AP"], 1),
-                         "AP agnostic": round(100 * agn["AP"], 1),
-                         "AP50": round(100 * aware["AP50"], 1), "AP50 agnostic": round(100 * agn["AP50"], 1),
-                         "class acc": None if acc is None else round(acc, 3)})
+            pts = lambda v: f"{100 * v:.1f}"  # noqa: E731
+            rows.append({"run": str(run), "AP": pts(aware["AP"]), "AP agnostic": pts(agn["AP"]),
+                         "AP50": pts(aware["AP50"]), "AP50 agnostic": pts(agn["AP50"]),
+                         "class acc": None if acc is None else f"{acc:.3f}"})
     title = "Class-aware vs class-agnostic AP (points) on the val split; class acc: covered GTs labelled right"
     print(format_table(rows, title=title))
     args.out.parent.mkdir(parents=True, exist_ok=True)
