@@ -166,6 +166,8 @@ def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64:
     sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
                batch_dims=1)  # [B, K', C]
     pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
+    if cut is not None:  # K counted on the K'·C gathered pairs, not on all n·C (same K, see above)
+        k = _capped_count(g, pairs, cut, k, "pairs")
     top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
     local = g.op("Div", [j, c_i64], hint="local_anchor")
     cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
@@ -189,7 +191,7 @@ def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.
         ctr, size = anchor_constants(anc)
         flat = g.op("Reshape", [lvl.cls_name, g.i64([-1, n * c], "flat_shape")], hint="flatten")
         k_in = g.i64([k], "pre_nms_topk")
-        if dynamic:
+        if dynamic and c == 1:
             k_in = _capped_count(g, flat, cut, k_in, "pairs")
         if c > 1 and (dynamic or k < n * c):
             top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, cut)
