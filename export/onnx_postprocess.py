@@ -175,6 +175,54 @@ def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64:
     return top_logit, anchor_idx, cls
 
 
+PAD_LOGIT = -1e30  # fills the padded rows of the threshold-first gather: sigmoid 0, never above θ > 0
+
+
+def _threshold_first_topk(g: GraphBuilder, logits: str, k: str, c: int, c_i64: str,
+                          cut: float) -> tuple[str, str, str]:
+    """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` among the pairs above
+    ``cut``, without sorting anchors: the anchors whose best class logit passes ``cut`` (every
+    pair above it belongs to one) come from one ``NonZero`` over the whole batch, ``[M, 2] =
+    (image, anchor)`` for all images at once, and are packed per image into ``[B, K', C]`` with
+    ``K' = max_b #{passing anchors}`` (``ScatterND`` at each anchor's rank among its image's
+    passing anchors, a ``CumSum`` of the mask; unused rows hold :data:`PAD_LOGIT`). A ``TopK``
+    with ``K = max(1, min(k, max_b #{pairs > cut}))`` over the packed ``K'·C`` pairs then keeps
+    exactly what the static top-k keeps above θ: all an image's passing pairs when it has at
+    most ``k``, its best ``k`` (which all pass) otherwise. Work after the ``NonZero`` scales
+    with the anchors that pass, not with ``n``. Returns ``(logits [B,K], anchor [B,K],
+    class [B,K])``; padded rows give anchor 0 with score 0 (removed by ``score > θ``)."""
+    best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
+    mask = g.op("Greater", [best, g.f32(cut, "logit_cut")], hint="anchors_above")  # [B, n]
+    mask_f = g.op("Cast", [mask], hint="anchors_above_f", to=TensorProto.FLOAT)
+    count = g.op("ReduceMax", [g.op("ReduceSum", [mask_f, g.i64([1])], hint="anchors_count", keepdims=0)],
+                 hint="anchors_max_count", keepdims=1)  # [1]; float sums are exact below 2^24
+    k1 = g.op("Max", [g.op("Cast", [count], hint="anchors_count_i64", to=TensorProto.INT64), g.i64([1], "one")],
+              hint="k_anchors")  # K'
+    rank = g.op("CumSum", [mask_f, g.i64(1, "axis1")], hint="anchor_rank", exclusive=1)  # [B, n]
+    at = g.op("Transpose", [g.op("NonZero", [mask], hint="passing")], hint="passing_t", perm=[1, 0])  # [M, 2]
+    pos = g.op("Cast", [g.op("GatherND", [rank, at], hint="passing_rank")], hint="passing_rank_i64",
+               to=TensorProto.INT64)  # [M]
+    img = g.op("Gather", [at, g.i64([0], "col0")], hint="passing_img", axis=1)  # [M, 1]
+    slot = g.op("Concat", [img, g.op("Unsqueeze", [pos, g.i64([1])])], hint="passing_slot", axis=1)  # [M, 2]
+    anchor = g.op("Gather", [at, g.i64(1, "col1")], hint="passing_anchor", axis=1)  # [M]
+    batch = g.op("Shape", [best], hint="batch", start=0, end=1)  # [1]
+    fill = g.op("ConstantOfShape", [g.op("Concat", [batch, k1, g.i64([c], "num_classes_1d")], hint="packed_shape",
+                                         axis=0)],
+                hint="packed_fill", value=numpy_helper.from_array(np.array([PAD_LOGIT], dtype=np.float32)))
+    packed = g.op("ScatterND", [fill, slot, g.op("GatherND", [logits, at], hint="passing_logits")],
+                  hint="packed_logits")  # [B, K', C]
+    zeros = g.op("ConstantOfShape", [g.op("Concat", [batch, k1], hint="packed_anchor_shape", axis=0)],
+                 hint="packed_anchor_fill", value=numpy_helper.from_array(np.array([0], dtype=np.int64)))
+    anchors = g.op("ScatterND", [zeros, slot, anchor], hint="packed_anchors")  # [B, K']
+    pairs = g.op("Reshape", [packed, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
+    k = _capped_count(g, pairs, cut, k, "pairs")
+    top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
+    local = g.op("Div", [j, c_i64], hint="local_anchor")
+    cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
+    anchor_idx = g.op("GatherElements", [anchors, local], hint="anchor_idx", axis=1)
+    return top_logit, anchor_idx, cls
+
+
 def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.ndarray], *,
                      num_classes: int, imgsz: int, box_weights=(1.0, 1.0, 1.0, 1.0),
                      box_clip: float, threshold_first: float | None = None) -> tuple[str, str, str]:
@@ -193,8 +241,10 @@ def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.
         k_in = g.i64([k], "pre_nms_topk")
         if dynamic and c == 1:
             k_in = _capped_count(g, flat, cut, k_in, "pairs")
-        if c > 1 and (dynamic or k < n * c):
-            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, cut)
+        if c > 1 and dynamic:
+            top_logit, anchor_idx, cls = _threshold_first_topk(g, lvl.cls_name, k_in, c, c_i64, cut)
+        elif c > 1 and k < n * c:
+            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, None)
         else:
             top_logit, top_i = g.op("TopK", [flat, k_in], 2, hint="level_topk", axis=1, largest=1, sorted=1)
             anchor_idx = g.op("Div", [top_i, c_i64], hint="anchor_idx")  # non-negative: floor division
