@@ -311,9 +311,10 @@ def build_onnx_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, nu
     cls_row = g.op("Unsqueeze", [classes, g.i64([1])], hint="classes_b1n")  # [B, 1, N]
     onehot = g.op("Equal", [cls_row, g.i64(np.arange(num_classes).reshape(1, -1, 1), "class_ids")],
                   hint="class_onehot")  # [B, C, N]
-    keep_in = g.op("And", [onehot, g.op("Unsqueeze", [valid, g.i64([1])])], hint="class_and_valid")
-    nms_scores = g.op("Where", [keep_in, g.op("Unsqueeze", [scores, g.i64([1])]), g.f32(-1.0, "minus_one")],
-                      hint="nms_scores")
+    minus_one_f = g.f32(-1.0, "minus_one")
+    masked = g.op("Where", [valid, scores, minus_one_f], hint="scores_above")  # [B, N]: θ applied once
+    nms_scores = g.op("Where", [onehot, g.op("Unsqueeze", [masked, g.i64([1])]), minus_one_f],
+                      hint="nms_scores")  # [B, C, N]
     selected = g.op("NonMaxSuppression",
                     [boxes, nms_scores, g.i64([max_det], "max_per_class"), g.f32([nms_iou], "iou_threshold"), thr],
                     hint="nms", center_point_box=0)  # [M, 3] = (batch, class, box)
