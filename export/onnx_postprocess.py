@@ -13,6 +13,9 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    n_l·C)``, so a level where few pairs pass θ sorts, decodes and suppresses only those. Every
    pair with ``sigmoid > θ`` is among them (the 0.01 margin covers float32 rounding; the exact
    ``score > θ`` test comes in step 3), so the detections are those of the static ``K_l = k_l``.
+   The anchors holding a passing pair are found for the whole batch at once (one ``NonZero``
+   over ``[B, n_l]``, no anchor sort) and packed per image before the one ``TopK``, so the
+   gather and the sort see only what passes θ (:func:`_threshold_first_topk`).
    The data-dependent K is a run-time TopK input, which TensorRT 10's ONNX parser accepts
    (operator matrix: "K input must be less than 3840"; 8.x required an initializer).
    ``θ = 0`` and ``--nms efficient`` keep the static ``K_l = k_l``;
@@ -20,8 +23,9 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    :class:`swdet.boxes.BoxCoder` parameterization
    ``c = d_xy / w_xy · size + ctr``, ``wh = exp(min(d_wh / w_wh, clip)) · size``,
    ``box = (c - wh/2, c + wh/2)`` and clipping to ``[0, S]``;
-3. the score threshold ``score > θ`` applied explicitly (``Greater``) so the semantics do not
-   depend on how an NMS implementation compares;
+3. the score threshold ``score > θ`` applied explicitly (``Greater`` and ``Where`` to -1 on
+   ``[B, N]``, before the class rows) so the semantics do not depend on how an NMS
+   implementation compares;
 4. ``--nms onnx``: class-aware NMS with the standard ``NonMaxSuppression`` op. Each candidate is one
    (anchor, class) pair, so the scores go in as ``[B, C, N]`` with the candidate's score in its own
    class row and -1 elsewhere: one NMS call handles every image and class, each class
@@ -147,27 +151,20 @@ def _capped_count(g: GraphBuilder, values: str, cut: float, cap: str, hint: str)
     return g.op("Max", [g.op("Min", [count, cap], hint=f"{hint}_min"), g.i64([1], "one")], hint=f"{hint}_k")
 
 
-def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str,
-                    cut: float | None) -> tuple[str, str, str]:
+def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str) -> tuple[str, str, str]:
     """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` in two smaller sorts: the
     ``K' = min(K, n)`` anchors with the best class logit, then the ``K`` best of their ``K'·C``
     pairs. Exact: a pair among the best ``K`` has at most ``K-1`` better pairs, hence at most
     ``K-1`` anchors whose best logit beats it, so its anchor is among the best ``K'`` (ties
     aside); it spares ``TopK`` the ``n·C`` scan with a large K (ONNX Runtime's CPU TopK is
-    ~5x slower at K = 1000 than at K = 100). With a threshold (``cut``), ``K'`` is also capped
-    by the anchors whose best logit passes it (every passing pair's anchor does, and ``K`` is
-    at most the passing pairs, so ``K <= K'·C`` still holds). Returns ``(logits [B,K],
-    anchor [B,K], class [B,K])``."""
+    ~5x slower at K = 1000 than at K = 100). The static-K path; with a threshold see
+    :func:`_threshold_first_topk`. Returns ``(logits [B,K], anchor [B,K], class [B,K])``."""
     best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
     k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
-    if cut is not None:
-        k1 = _capped_count(g, best, cut, k1, "anchors")
     _, anchors = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
     sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
                batch_dims=1)  # [B, K', C]
     pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
-    if cut is not None:  # K counted on the K'·C gathered pairs, not on all n·C (same K, see above)
-        k = _capped_count(g, pairs, cut, k, "pairs")
     top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
     local = g.op("Div", [j, c_i64], hint="local_anchor")
     cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
@@ -244,7 +241,7 @@ def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.
         if c > 1 and dynamic:
             top_logit, anchor_idx, cls = _threshold_first_topk(g, lvl.cls_name, k_in, c, c_i64, cut)
         elif c > 1 and k < n * c:
-            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, None)
+            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64)
         else:
             top_logit, top_i = g.op("TopK", [flat, k_in], 2, hint="level_topk", axis=1, largest=1, sorted=1)
             anchor_idx = g.op("Div", [top_i, c_i64], hint="anchor_idx")  # non-negative: floor division
