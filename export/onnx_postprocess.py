@@ -182,7 +182,7 @@ def _threshold_first_topk(g: GraphBuilder, logits: str, k: str, c: int, c_i64: s
     pair above it belongs to one) come from one ``NonZero`` over the whole batch, ``[M, 2] =
     (image, anchor)`` for all images at once, and are packed per image into ``[B, K', C]`` with
     ``K' = max_b #{passing anchors}`` (``ScatterND`` at each anchor's rank among its image's
-    passing anchors, a ``CumSum`` of the mask; unused rows hold :data:`PAD_LOGIT`). A ``TopK``
+    passing anchors; unused rows hold :data:`PAD_LOGIT`). A ``TopK``
     with ``K = max(1, min(k, max_b #{pairs > cut}))`` over the packed ``K'·C`` pairs then keeps
     exactly what the static top-k keeps above θ: all an image's passing pairs when it has at
     most ``k``, its best ``k`` (which all pass) otherwise. Work after the ``NonZero`` scales
@@ -191,18 +191,24 @@ def _threshold_first_topk(g: GraphBuilder, logits: str, k: str, c: int, c_i64: s
     best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
     mask = g.op("Greater", [best, g.f32(cut, "logit_cut")], hint="anchors_above")  # [B, n]
     mask_f = g.op("Cast", [mask], hint="anchors_above_f", to=TensorProto.FLOAT)
-    count = g.op("ReduceMax", [g.op("ReduceSum", [mask_f, g.i64([1])], hint="anchors_count", keepdims=0)],
-                 hint="anchors_max_count", keepdims=1)  # [1]; float sums are exact below 2^24
+    counts = g.op("ReduceSum", [mask_f, g.i64([1])], hint="anchors_count", keepdims=0)  # [B]; exact below 2^24
+    count = g.op("ReduceMax", [counts], hint="anchors_max_count", keepdims=1)  # [1]
     k1 = g.op("Max", [g.op("Cast", [count], hint="anchors_count_i64", to=TensorProto.INT64), g.i64([1], "one")],
               hint="k_anchors")  # K'
-    rank = g.op("CumSum", [mask_f, g.i64(1, "axis1")], hint="anchor_rank", exclusive=1)  # [B, n]
     at = g.op("Transpose", [g.op("NonZero", [mask], hint="passing")], hint="passing_t", perm=[1, 0])  # [M, 2]
-    pos = g.op("Cast", [g.op("GatherND", [rank, at], hint="passing_rank")], hint="passing_rank_i64",
-               to=TensorProto.INT64)  # [M]
-    img = g.op("Gather", [at, g.i64([0], "col0")], hint="passing_img", axis=1)  # [M, 1]
-    slot = g.op("Concat", [img, g.op("Unsqueeze", [pos, g.i64([1])])], hint="passing_slot", axis=1)  # [M, 2]
+    # NonZero lists image by image, anchors ascending: an anchor's slot in its image's row is its
+    # index in the list minus the passing anchors of the images before (a CumSum over [B] only)
+    starts = g.op("Cast", [g.op("CumSum", [counts, g.i64(0, "axis0")], hint="image_starts", exclusive=1)],
+                  hint="image_starts_i64", to=TensorProto.INT64)  # [B]
+    img = g.op("Gather", [at, g.i64(0, "col0")], hint="passing_img", axis=1)  # [M]
+    m = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [at], hint="passing_shape"), g.i64([0]), g.i64([1])],
+                              hint="passing_m"), g.i64([0])], hint="passing_m_scalar")
+    index = g.op("Range", [g.i64(0, "zero_i64"), m, g.i64(1, "one_i64")], hint="passing_index")  # [M]
+    pos = g.op("Sub", [index, g.op("Gather", [starts, img], hint="passing_start", axis=0)], hint="passing_pos")
+    slot = g.op("Concat", [g.op("Unsqueeze", [img, g.i64([1])]), g.op("Unsqueeze", [pos, g.i64([1])])],
+                hint="passing_slot", axis=1)  # [M, 2] = (image, slot)
     anchor = g.op("Gather", [at, g.i64(1, "col1")], hint="passing_anchor", axis=1)  # [M]
-    batch = g.op("Shape", [best], hint="batch", start=0, end=1)  # [1]
+    batch = g.op("Slice", [g.op("Shape", [best], hint="best_shape"), g.i64([0]), g.i64([1])], hint="batch")  # [1]
     fill = g.op("ConstantOfShape", [g.op("Concat", [batch, k1, g.i64([c], "num_classes_1d")], hint="packed_shape",
                                          axis=0)],
                 hint="packed_fill", value=numpy_helper.from_array(np.array([PAD_LOGIT], dtype=np.float32)))
