@@ -13,9 +13,6 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    n_l·C)``, so a level where few pairs pass θ sorts, decodes and suppresses only those. Every
    pair with ``sigmoid > θ`` is among them (the 0.01 margin covers float32 rounding; the exact
    ``score > θ`` test comes in step 3), so the detections are those of the static ``K_l = k_l``.
-   The anchors holding a passing pair are found for the whole batch at once (one ``NonZero``
-   over ``[B, n_l]``, no anchor sort) and packed per image before the one ``TopK``, so the
-   gather and the sort see only what passes θ (:func:`_threshold_first_topk`).
    The data-dependent K is a run-time TopK input, which TensorRT 10's ONNX parser accepts
    (operator matrix: "K input must be less than 3840"; 8.x required an initializer).
    ``θ = 0`` and ``--nms efficient`` keep the static ``K_l = k_l``;
@@ -151,74 +148,30 @@ def _capped_count(g: GraphBuilder, values: str, cut: float, cap: str, hint: str)
     return g.op("Max", [g.op("Min", [count, cap], hint=f"{hint}_min"), g.i64([1], "one")], hint=f"{hint}_k")
 
 
-def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str) -> tuple[str, str, str]:
+def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str,
+                    cut: float | None) -> tuple[str, str, str]:
     """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` in two smaller sorts: the
     ``K' = min(K, n)`` anchors with the best class logit, then the ``K`` best of their ``K'·C``
     pairs. Exact: a pair among the best ``K`` has at most ``K-1`` better pairs, hence at most
     ``K-1`` anchors whose best logit beats it, so its anchor is among the best ``K'`` (ties
     aside); it spares ``TopK`` the ``n·C`` scan with a large K (ONNX Runtime's CPU TopK is
-    ~5x slower at K = 1000 than at K = 100). The static-K path; with a threshold see
-    :func:`_threshold_first_topk`. Returns ``(logits [B,K], anchor [B,K], class [B,K])``."""
+    ~5x slower at K = 1000 than at K = 100). With a threshold (``cut``), ``K' = max(1,
+    min(k, n, max_b #{anchors whose best logit > cut}))`` (every passing pair's anchor is one)
+    and ``K`` is counted on the ``K'·C`` gathered pairs instead of all ``n·C``: the same ``K``
+    (module docstring, step 1), since an image with at most ``K'`` passing anchors has all its
+    passing pairs among them, and one with more has ``K' = k`` (or ``n``) passing anchors
+    there, hence at least ``k`` passing pairs. Returns ``(logits [B,K], anchor [B,K],
+    class [B,K])``."""
     best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
     k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
+    if cut is not None:
+        k1 = _capped_count(g, best, cut, k1, "anchors")
     _, anchors = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
     sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
                batch_dims=1)  # [B, K', C]
     pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
-    top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
-    local = g.op("Div", [j, c_i64], hint="local_anchor")
-    cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
-    anchor_idx = g.op("GatherElements", [anchors, local], hint="anchor_idx", axis=1)
-    return top_logit, anchor_idx, cls
-
-
-PAD_LOGIT = -1e30  # fills the padded rows of the threshold-first gather: sigmoid 0, never above θ > 0
-
-
-def _threshold_first_topk(g: GraphBuilder, logits: str, k: str, c: int, c_i64: str,
-                          cut: float) -> tuple[str, str, str]:
-    """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` among the pairs above
-    ``cut``, without sorting anchors: the anchors whose best class logit passes ``cut`` (every
-    pair above it belongs to one) come from one ``NonZero`` over the whole batch, ``[M, 2] =
-    (image, anchor)`` for all images at once, and are packed per image into ``[B, K', C]`` with
-    ``K' = max_b #{passing anchors}`` (``ScatterND`` at each anchor's rank among its image's
-    passing anchors; unused rows hold :data:`PAD_LOGIT`). A ``TopK``
-    with ``K = max(1, min(k, max_b #{pairs > cut}))`` over the packed ``K'·C`` pairs then keeps
-    exactly what the static top-k keeps above θ: all an image's passing pairs when it has at
-    most ``k``, its best ``k`` (which all pass) otherwise. Work after the ``NonZero`` scales
-    with the anchors that pass, not with ``n``. Returns ``(logits [B,K], anchor [B,K],
-    class [B,K])``; padded rows give anchor 0 with score 0 (removed by ``score > θ``)."""
-    best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
-    mask = g.op("Greater", [best, g.f32(cut, "logit_cut")], hint="anchors_above")  # [B, n]
-    mask_f = g.op("Cast", [mask], hint="anchors_above_f", to=TensorProto.FLOAT)
-    counts = g.op("ReduceSum", [mask_f, g.i64([1])], hint="anchors_count", keepdims=0)  # [B]; exact below 2^24
-    count = g.op("ReduceMax", [counts], hint="anchors_max_count", keepdims=1)  # [1]
-    k1 = g.op("Max", [g.op("Cast", [count], hint="anchors_count_i64", to=TensorProto.INT64), g.i64([1], "one")],
-              hint="k_anchors")  # K'
-    at = g.op("Transpose", [g.op("NonZero", [mask], hint="passing")], hint="passing_t", perm=[1, 0])  # [M, 2]
-    # NonZero lists image by image, anchors ascending: an anchor's slot in its image's row is its
-    # index in the list minus the passing anchors of the images before (a CumSum over [B] only)
-    starts = g.op("Cast", [g.op("CumSum", [counts, g.i64(0, "axis0")], hint="image_starts", exclusive=1)],
-                  hint="image_starts_i64", to=TensorProto.INT64)  # [B]
-    img = g.op("Gather", [at, g.i64(0, "col0")], hint="passing_img", axis=1)  # [M]
-    m = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [at], hint="passing_shape"), g.i64([0]), g.i64([1])],
-                              hint="passing_m"), g.i64([0])], hint="passing_m_scalar")
-    index = g.op("Range", [g.i64(0, "zero_i64"), m, g.i64(1, "one_i64")], hint="passing_index")  # [M]
-    pos = g.op("Sub", [index, g.op("Gather", [starts, img], hint="passing_start", axis=0)], hint="passing_pos")
-    slot = g.op("Concat", [g.op("Unsqueeze", [img, g.i64([1])]), g.op("Unsqueeze", [pos, g.i64([1])])],
-                hint="passing_slot", axis=1)  # [M, 2] = (image, slot)
-    anchor = g.op("Gather", [at, g.i64(1, "col1")], hint="passing_anchor", axis=1)  # [M]
-    batch = g.op("Slice", [g.op("Shape", [best], hint="best_shape"), g.i64([0]), g.i64([1])], hint="batch")  # [1]
-    fill = g.op("ConstantOfShape", [g.op("Concat", [batch, k1, g.i64([c], "num_classes_1d")], hint="packed_shape",
-                                         axis=0)],
-                hint="packed_fill", value=numpy_helper.from_array(np.array([PAD_LOGIT], dtype=np.float32)))
-    packed = g.op("ScatterND", [fill, slot, g.op("GatherND", [logits, at], hint="passing_logits")],
-                  hint="packed_logits")  # [B, K', C]
-    zeros = g.op("ConstantOfShape", [g.op("Concat", [batch, k1], hint="packed_anchor_shape", axis=0)],
-                 hint="packed_anchor_fill", value=numpy_helper.from_array(np.array([0], dtype=np.int64)))
-    anchors = g.op("ScatterND", [zeros, slot, anchor], hint="packed_anchors")  # [B, K']
-    pairs = g.op("Reshape", [packed, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
-    k = _capped_count(g, pairs, cut, k, "pairs")
+    if cut is not None:  # K counted on the K'·C gathered pairs, not on all n·C (see above)
+        k = _capped_count(g, pairs, cut, k, "pairs")
     top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
     local = g.op("Div", [j, c_i64], hint="local_anchor")
     cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
@@ -244,10 +197,8 @@ def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.
         k_in = g.i64([k], "pre_nms_topk")
         if dynamic and c == 1:
             k_in = _capped_count(g, flat, cut, k_in, "pairs")
-        if c > 1 and dynamic:
-            top_logit, anchor_idx, cls = _threshold_first_topk(g, lvl.cls_name, k_in, c, c_i64, cut)
-        elif c > 1 and k < n * c:
-            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64)
+        if c > 1 and (dynamic or k < n * c):
+            top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, cut)
         else:
             top_logit, top_i = g.op("TopK", [flat, k_in], 2, hint="level_topk", axis=1, largest=1, sorted=1)
             anchor_idx = g.op("Div", [top_i, c_i64], hint="anchor_idx")  # non-negative: floor division
