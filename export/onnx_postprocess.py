@@ -13,6 +13,10 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    n_l·C)``, so a level where few pairs pass θ sorts, decodes and suppresses only those. Every
    pair with ``sigmoid > θ`` is among them (the 0.01 margin covers float32 rounding; the exact
    ``score > θ`` test comes in step 3), so the detections are those of the static ``K_l = k_l``.
+   The sorts see only what passes θ: the best groups of consecutive anchors (levels of at
+   least :data:`GROUP_MIN_ANCHORS` anchors), then the best anchors of those groups, then the
+   best pairs of those anchors, each count capped by what passes θ in the batch's fullest image
+   (:func:`_two_stage_topk`), and ``K_l`` is counted on the gathered pairs, not on all ``n_l·C``.
    The data-dependent K is a run-time TopK input, which TensorRT 10's ONNX parser accepts
    (operator matrix: "K input must be less than 3840"; 8.x required an initializer).
    ``θ = 0`` and ``--nms efficient`` keep the static ``K_l = k_l``;
@@ -148,6 +152,50 @@ def _capped_count(g: GraphBuilder, values: str, cut: float, cap: str, hint: str)
     return g.op("Max", [g.op("Min", [count, cap], hint=f"{hint}_min"), g.i64([1], "one")], hint=f"{hint}_k")
 
 
+GROUP_MIN_ANCHORS = 2000  # levels with fewer anchors sort them directly
+GROUP_SIZES = (9, 8, 12, 6, 4)  # consecutive anchors per group: 9 = a cell's anchors in the tiny presets
+
+
+def _anchor_group(n: int) -> int:
+    """Anchors per group for the threshold-first anchor stage of a level of ``n`` anchors; 1:
+    no grouping."""
+    if n < GROUP_MIN_ANCHORS:
+        return 1
+    return next((s for s in GROUP_SIZES if n % s == 0), 1)
+
+
+def _grouped_anchor_stage(g: GraphBuilder, best: str, k: str, k1: str, n: int, group: int, cut: float):
+    """Threshold-first: narrow ``best [B, n]`` to the anchors of the best groups of ``group``
+    consecutive anchors before the anchor ``TopK``, so that sort sees ``K_g·group`` instead of
+    ``n`` values. ``K_g = max(1, min(k, n/group, max_b #{groups whose best > cut}))``; ``K'`` is
+    then counted on the gathered anchors. Exact (ties aside): an image's anchors among its best
+    ``K'`` lie in at most ``K'`` groups, which rank above every other group, and all its
+    passing anchors lie in its passing groups; an image with more than ``K_g`` passing groups
+    gets ``k`` (or all ``n/group``) groups, at least ``k`` passing anchors (so ``K' = k``, as on
+    all ``n``). Returns ``(values [B, K_g·group], K', fn: positions in the values -> anchor
+    indices)`` for ``k1 = [min(k, n)]``."""
+    groups = n // group
+    gshape = g.i64([0, groups, group], "group_shape")
+    by_group = g.op("Reshape", [best, gshape], hint="anchor_groups")  # [B, n/G, G]
+    gbest = g.reduce_max(by_group, [2], 0, "group_best")  # [B, n/G]
+    kg = _capped_count(g, gbest, cut, g.op("Min", [k, g.i64([groups], "num_groups")], hint="k_groups_cap"),
+                       "groups")
+    _, gidx = g.op("TopK", [gbest, kg], 2, hint="group_topk", axis=1, largest=1, sorted=1)  # [B, K_g]
+    sub = g.op("GatherND", [by_group, g.op("Unsqueeze", [gidx, g.i64([-1])])], hint="gather_groups",
+               batch_dims=1)  # [B, K_g, G]
+    values = g.op("Reshape", [sub, g.i64([0, -1], "group_values_shape")], hint="group_values")  # [B, K_g·G]
+    g_i64 = g.i64(group, "group_size")
+    k1 = _capped_count(g, values, cut, k1, "anchors")  # K'
+
+    def anchor_of(pos: str) -> str:
+        slot = g.op("Div", [pos, g_i64], hint="group_slot")
+        within = g.op("Sub", [pos, g.op("Mul", [slot, g_i64])], hint="within_group")
+        first = g.op("Mul", [g.op("GatherElements", [gidx, slot], hint="group_of", axis=1), g_i64], hint="group_first")
+        return g.op("Add", [first, within], hint="anchor_of")
+
+    return values, k1, anchor_of
+
+
 def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str,
                     cut: float | None) -> tuple[str, str, str]:
     """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` in two smaller sorts: the
@@ -164,9 +212,14 @@ def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64:
     class [B,K])``."""
     best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
     k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
-    if cut is not None:
+    group = _anchor_group(n) if cut is not None else 1
+    if group > 1:
+        best, k1, anchor_of = _grouped_anchor_stage(g, best, k, k1, n, group, cut)
+    elif cut is not None:
         k1 = _capped_count(g, best, cut, k1, "anchors")
     _, anchors = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
+    if group > 1:
+        anchors = anchor_of(anchors)
     sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
                batch_dims=1)  # [B, K', C]
     pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]

@@ -220,10 +220,10 @@ def test_threshold_first_topk_is_data_dependent_and_exact(artifact, tmp_path):
     assert_same_detections(ref, out)
 
 
-def test_threshold_first_batch_packing_matches_single_images(artifact, tmp_path):
-    """θ > 0 gathers the passing anchors of the whole batch at once and packs them per image:
-    an image's detections do not depend on its batch mates (a black image among random ones:
-    different numbers of passing anchors per image)."""
+def test_threshold_first_batch_mates_do_not_change_detections(artifact, tmp_path):
+    """θ > 0: each level's run-time K (and the grouped anchor stage's group and anchor counts)
+    is the most over the batch; an image's detections do not depend on its batch mates (a
+    black image among random ones: different numbers of passing anchors per image)."""
     x = images(4, seed=33)
     x[1] = 0.0
     scores = np.sort(torch_reference(artifact, x, score_threshold=0.0, max_det=1000)["det_scores"].ravel())[::-1]
