@@ -14,9 +14,10 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    pair with ``sigmoid > θ`` is among them (the 0.01 margin covers float32 rounding; the exact
    ``score > θ`` test comes in step 3), so the detections are those of the static ``K_l = k_l``.
    The sorts see only what passes θ: the best groups of consecutive anchors (levels of at
-   least :data:`GROUP_MIN_ANCHORS` anchors), then the best anchors of those groups, then the
-   best pairs of those anchors, each count capped by what passes θ in the batch's fullest image
-   (:func:`_two_stage_topk`), and ``K_l`` is counted on the gathered pairs, not on all ``n_l·C``.
+   least :data:`GROUP_MIN_ANCHORS` anchors; one max over each group's ``G·C`` logits), then the
+   best anchors of those groups, then the best pairs of those anchors, each count capped by what
+   passes θ in the batch's fullest image (:func:`_grouped_threshold_topk`), and ``K_l`` is
+   counted on the gathered pairs, not on all ``n_l·C``.
    The data-dependent K is a run-time TopK input, which TensorRT 10's ONNX parser accepts
    (operator matrix: "K input must be less than 3840"; 8.x required an initializer).
    ``θ = 0`` and ``--nms efficient`` keep the static ``K_l = k_l``;
@@ -164,36 +165,38 @@ def _anchor_group(n: int) -> int:
     return next((s for s in GROUP_SIZES if n % s == 0), 1)
 
 
-def _grouped_anchor_stage(g: GraphBuilder, best: str, k: str, k1: str, n: int, group: int, cut: float):
-    """Threshold-first: narrow ``best [B, n]`` to the anchors of the best groups of ``group``
-    consecutive anchors before the anchor ``TopK``, so that sort sees ``K_g·group`` instead of
-    ``n`` values. ``K_g = max(1, min(k, n/group, max_b #{groups whose best > cut}))``; ``K'`` is
-    then counted on the gathered anchors. Exact (ties aside): an image's anchors among its best
-    ``K'`` lie in at most ``K'`` groups, which rank above every other group, and all its
-    passing anchors lie in its passing groups; an image with more than ``K_g`` passing groups
-    gets ``k`` (or all ``n/group``) groups, at least ``k`` passing anchors (so ``K' = k``, as on
-    all ``n``). Returns ``(values [B, K_g·group], K', fn: positions in the values -> anchor
-    indices)`` for ``k1 = [min(k, n)]``."""
+def _grouped_threshold_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str, group: int,
+                            cut: float) -> tuple[str, str, str]:
+    """:func:`_two_stage_topk` with a threshold, in three sorts that see only what passes it:
+    the ``K_g = max(1, min(k, n/G, max_b #{groups whose best logit > cut}))`` best groups of
+    ``G = group`` consecutive anchors (the maxima of ``logits`` viewed as ``[B, n/G, G·C]``:
+    no per-anchor pass over all ``n``), then the ``K'`` best anchors of those groups (``K'``
+    counted there), then the ``K`` best pairs of those anchors (``K`` counted there). Exact
+    (ties aside): an image's anchors among its best ``K'`` lie in at most ``K'`` groups, which
+    rank above every other group, and all its passing anchors lie in its passing groups; an
+    image with more than ``K_g`` passing groups gets ``k`` (or all ``n/G``) groups, hence at
+    least ``k`` passing anchors and pairs (``K' = K = k``, as counted on all ``n``)."""
     groups = n // group
-    gshape = g.i64([0, groups, group], "group_shape")
-    by_group = g.op("Reshape", [best, gshape], hint="anchor_groups")  # [B, n/G, G]
+    by_group = g.op("Reshape", [logits, g.i64([0, groups, group * c], "group_shape")], hint="pair_groups")
     gbest = g.reduce_max(by_group, [2], 0, "group_best")  # [B, n/G]
     kg = _capped_count(g, gbest, cut, g.op("Min", [k, g.i64([groups], "num_groups")], hint="k_groups_cap"),
                        "groups")
     _, gidx = g.op("TopK", [gbest, kg], 2, hint="group_topk", axis=1, largest=1, sorted=1)  # [B, K_g]
     sub = g.op("GatherND", [by_group, g.op("Unsqueeze", [gidx, g.i64([-1])])], hint="gather_groups",
-               batch_dims=1)  # [B, K_g, G]
-    values = g.op("Reshape", [sub, g.i64([0, -1], "group_values_shape")], hint="group_values")  # [B, K_g·G]
+               batch_dims=1)  # [B, K_g, G·C]
+    sub = g.op("Reshape", [sub, g.i64([0, -1, c], "group_anchor_shape")], hint="group_anchors")  # [B, K_g·G, C]
+    best = g.reduce_max(sub, [2], 0, "anchor_best")  # [B, K_g·G]
+    k1 = _capped_count(g, best, cut, g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors_cap"),
+                       "anchors")  # K'
+    _, pos = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
+    pairs = g.op("GatherND", [sub, g.op("Unsqueeze", [pos, g.i64([-1])])], hint="gather_pairs",
+                 batch_dims=1)  # [B, K', C]
     g_i64 = g.i64(group, "group_size")
-    k1 = _capped_count(g, values, cut, k1, "anchors")  # K'
-
-    def anchor_of(pos: str) -> str:
-        slot = g.op("Div", [pos, g_i64], hint="group_slot")
-        within = g.op("Sub", [pos, g.op("Mul", [slot, g_i64])], hint="within_group")
-        first = g.op("Mul", [g.op("GatherElements", [gidx, slot], hint="group_of", axis=1), g_i64], hint="group_first")
-        return g.op("Add", [first, within], hint="anchor_of")
-
-    return values, k1, anchor_of
+    slot = g.op("Div", [pos, g_i64], hint="group_slot")
+    within = g.op("Sub", [pos, g.op("Mul", [slot, g_i64])], hint="within_group")
+    first = g.op("Mul", [g.op("GatherElements", [gidx, slot], hint="group_of", axis=1), g_i64], hint="group_first")
+    anchors = g.op("Add", [first, within], hint="anchor_of")  # [B, K'] anchor indices
+    return _pairs_topk(g, pairs, anchors, k, c_i64, cut)
 
 
 def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str,
@@ -210,20 +213,25 @@ def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64:
     passing pairs among them, and one with more has ``K' = k`` (or ``n``) passing anchors
     there, hence at least ``k`` passing pairs. Returns ``(logits [B,K], anchor [B,K],
     class [B,K])``."""
-    best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
-    k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
     group = _anchor_group(n) if cut is not None else 1
     if group > 1:
-        best, k1, anchor_of = _grouped_anchor_stage(g, best, k, k1, n, group, cut)
-    elif cut is not None:
+        return _grouped_threshold_topk(g, logits, k, n, c, c_i64, group, cut)
+    best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
+    k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
+    if cut is not None:
         k1 = _capped_count(g, best, cut, k1, "anchors")
     _, anchors = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
-    if group > 1:
-        anchors = anchor_of(anchors)
     sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
                batch_dims=1)  # [B, K', C]
+    return _pairs_topk(g, sub, anchors, k, c_i64, cut)
+
+
+def _pairs_topk(g: GraphBuilder, sub: str, anchors: str, k: str, c_i64: str, cut: float | None):
+    """The ``K`` best pairs of the gathered ``sub [B, K', C]`` (of anchors ``[B, K']``);
+    with a threshold ``K`` is counted on these ``K'·C`` pairs, not on all ``n·C`` (see
+    :func:`_two_stage_topk`)."""
     pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
-    if cut is not None:  # K counted on the K'·C gathered pairs, not on all n·C (see above)
+    if cut is not None:
         k = _capped_count(g, pairs, cut, k, "pairs")
     top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
     local = g.op("Div", [j, c_i64], hint="local_anchor")
