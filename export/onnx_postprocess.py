@@ -13,6 +13,11 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    n_l·C)``, so a level where few pairs pass θ sorts, decodes and suppresses only those. Every
    pair with ``sigmoid > θ`` is among them (the 0.01 margin covers float32 rounding; the exact
    ``score > θ`` test comes in step 3), so the detections are those of the static ``K_l = k_l``.
+   The sorts see only what passes θ: the best groups of consecutive anchors (levels of at
+   least :data:`GROUP_MIN_ANCHORS` anchors; one max over each group's ``G·C`` logits), then the
+   best anchors of those groups, then the best pairs of those anchors, each count capped by what
+   passes θ in the batch's fullest image (:func:`_grouped_threshold_topk`), and ``K_l`` is
+   counted on the gathered pairs, not on all ``n_l·C``.
    The data-dependent K is a run-time TopK input, which TensorRT 10's ONNX parser accepts
    (operator matrix: "K input must be less than 3840"; 8.x required an initializer).
    ``θ = 0`` and ``--nms efficient`` keep the static ``K_l = k_l``;
@@ -20,8 +25,9 @@ The nodes reproduce :mod:`swdet.models.postprocess` operation by operation, in f
    :class:`swdet.boxes.BoxCoder` parameterization
    ``c = d_xy / w_xy · size + ctr``, ``wh = exp(min(d_wh / w_wh, clip)) · size``,
    ``box = (c - wh/2, c + wh/2)`` and clipping to ``[0, S]``;
-3. the score threshold ``score > θ`` applied explicitly (``Greater``) so the semantics do not
-   depend on how an NMS implementation compares;
+3. the score threshold ``score > θ`` applied explicitly (``Greater`` and ``Where`` to -1 on
+   ``[B, N]``, before the class rows) so the semantics do not depend on how an NMS
+   implementation compares;
 4. ``--nms onnx``: class-aware NMS with the standard ``NonMaxSuppression`` op. Each candidate is one
    (anchor, class) pair, so the scores go in as ``[B, C, N]`` with the candidate's score in its own
    class row and -1 elsewhere: one NMS call handles every image and class, each class
@@ -147,6 +153,52 @@ def _capped_count(g: GraphBuilder, values: str, cut: float, cap: str, hint: str)
     return g.op("Max", [g.op("Min", [count, cap], hint=f"{hint}_min"), g.i64([1], "one")], hint=f"{hint}_k")
 
 
+GROUP_MIN_ANCHORS = 2000  # levels with fewer anchors sort them directly
+GROUP_SIZES = (9, 8, 12, 6, 4)  # consecutive anchors per group: 9 = a cell's anchors in the tiny presets
+
+
+def _anchor_group(n: int) -> int:
+    """Anchors per group for the threshold-first anchor stage of a level of ``n`` anchors; 1:
+    no grouping."""
+    if n < GROUP_MIN_ANCHORS:
+        return 1
+    return next((s for s in GROUP_SIZES if n % s == 0), 1)
+
+
+def _grouped_threshold_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str, group: int,
+                            cut: float) -> tuple[str, str, str]:
+    """:func:`_two_stage_topk` with a threshold, in three sorts that see only what passes it:
+    the ``K_g = max(1, min(k, n/G, max_b #{groups whose best logit > cut}))`` best groups of
+    ``G = group`` consecutive anchors (the maxima of ``logits`` viewed as ``[B, n/G, G·C]``:
+    no per-anchor pass over all ``n``), then the ``K'`` best anchors of those groups (``K'``
+    counted there), then the ``K`` best pairs of those anchors (``K`` counted there). Exact
+    (ties aside): an image's anchors among its best ``K'`` lie in at most ``K'`` groups, which
+    rank above every other group, and all its passing anchors lie in its passing groups; an
+    image with more than ``K_g`` passing groups gets ``k`` (or all ``n/G``) groups, hence at
+    least ``k`` passing anchors and pairs (``K' = K = k``, as counted on all ``n``)."""
+    groups = n // group
+    by_group = g.op("Reshape", [logits, g.i64([0, groups, group * c], "group_shape")], hint="pair_groups")
+    gbest = g.reduce_max(by_group, [2], 0, "group_best")  # [B, n/G]
+    kg = _capped_count(g, gbest, cut, g.op("Min", [k, g.i64([groups], "num_groups")], hint="k_groups_cap"),
+                       "groups")
+    _, gidx = g.op("TopK", [gbest, kg], 2, hint="group_topk", axis=1, largest=1, sorted=1)  # [B, K_g]
+    sub = g.op("GatherND", [by_group, g.op("Unsqueeze", [gidx, g.i64([-1])])], hint="gather_groups",
+               batch_dims=1)  # [B, K_g, G·C]
+    sub = g.op("Reshape", [sub, g.i64([0, -1, c], "group_anchor_shape")], hint="group_anchors")  # [B, K_g·G, C]
+    best = g.reduce_max(sub, [2], 0, "anchor_best")  # [B, K_g·G]
+    k1 = _capped_count(g, best, cut, g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors_cap"),
+                       "anchors")  # K'
+    _, pos = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
+    pairs = g.op("GatherND", [sub, g.op("Unsqueeze", [pos, g.i64([-1])])], hint="gather_pairs",
+                 batch_dims=1)  # [B, K', C]
+    g_i64 = g.i64(group, "group_size")
+    slot = g.op("Div", [pos, g_i64], hint="group_slot")
+    within = g.op("Sub", [pos, g.op("Mul", [slot, g_i64])], hint="within_group")
+    first = g.op("Mul", [g.op("GatherElements", [gidx, slot], hint="group_of", axis=1), g_i64], hint="group_first")
+    anchors = g.op("Add", [first, within], hint="anchor_of")  # [B, K'] anchor indices
+    return _pairs_topk(g, pairs, anchors, k, c_i64, cut)
+
+
 def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64: str,
                     cut: float | None) -> tuple[str, str, str]:
     """The ``K`` best (anchor, class) logits of ``logits [B, n, C]`` in two smaller sorts: the
@@ -154,10 +206,16 @@ def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64:
     pairs. Exact: a pair among the best ``K`` has at most ``K-1`` better pairs, hence at most
     ``K-1`` anchors whose best logit beats it, so its anchor is among the best ``K'`` (ties
     aside); it spares ``TopK`` the ``n·C`` scan with a large K (ONNX Runtime's CPU TopK is
-    ~5x slower at K = 1000 than at K = 100). With a threshold (``cut``), ``K'`` is also capped
-    by the anchors whose best logit passes it (every passing pair's anchor does, and ``K`` is
-    at most the passing pairs, so ``K <= K'·C`` still holds). Returns ``(logits [B,K],
-    anchor [B,K], class [B,K])``."""
+    ~5x slower at K = 1000 than at K = 100). With a threshold (``cut``), ``K' = max(1,
+    min(k, n, max_b #{anchors whose best logit > cut}))`` (every passing pair's anchor is one)
+    and ``K`` is counted on the ``K'·C`` gathered pairs instead of all ``n·C``: the same ``K``
+    (module docstring, step 1), since an image with at most ``K'`` passing anchors has all its
+    passing pairs among them, and one with more has ``K' = k`` (or ``n``) passing anchors
+    there, hence at least ``k`` passing pairs. Returns ``(logits [B,K], anchor [B,K],
+    class [B,K])``."""
+    group = _anchor_group(n) if cut is not None else 1
+    if group > 1:
+        return _grouped_threshold_topk(g, logits, k, n, c, c_i64, group, cut)
     best = g.reduce_max(logits, [2], 0, "anchor_best")  # [B, n]
     k1 = g.op("Min", [k, g.i64([n], "num_anchors")], hint="k_anchors")
     if cut is not None:
@@ -165,7 +223,16 @@ def _two_stage_topk(g: GraphBuilder, logits: str, k: str, n: int, c: int, c_i64:
     _, anchors = g.op("TopK", [best, k1], 2, hint="anchor_topk", axis=1, largest=1, sorted=1)  # [B, K']
     sub = g.op("GatherND", [logits, g.op("Unsqueeze", [anchors, g.i64([-1])])], hint="gather_pairs",
                batch_dims=1)  # [B, K', C]
+    return _pairs_topk(g, sub, anchors, k, c_i64, cut)
+
+
+def _pairs_topk(g: GraphBuilder, sub: str, anchors: str, k: str, c_i64: str, cut: float | None):
+    """The ``K`` best pairs of the gathered ``sub [B, K', C]`` (of anchors ``[B, K']``);
+    with a threshold ``K`` is counted on these ``K'·C`` pairs, not on all ``n·C`` (see
+    :func:`_two_stage_topk`)."""
     pairs = g.op("Reshape", [sub, g.i64([0, -1], "pairs_shape")], hint="pairs")  # [B, K'·C]
+    if cut is not None:
+        k = _capped_count(g, pairs, cut, k, "pairs")
     top_logit, j = g.op("TopK", [pairs, k], 2, hint="level_topk", axis=1, largest=1, sorted=1)
     local = g.op("Div", [j, c_i64], hint="local_anchor")
     cls = g.op("Sub", [j, g.op("Mul", [local, c_i64])], hint="class_idx")
@@ -189,7 +256,7 @@ def build_candidates(g: GraphBuilder, levels: list[LevelSpec], anchors: list[np.
         ctr, size = anchor_constants(anc)
         flat = g.op("Reshape", [lvl.cls_name, g.i64([-1, n * c], "flat_shape")], hint="flatten")
         k_in = g.i64([k], "pre_nms_topk")
-        if dynamic:
+        if dynamic and c == 1:
             k_in = _capped_count(g, flat, cut, k_in, "pairs")
         if c > 1 and (dynamic or k < n * c):
             top_logit, anchor_idx, cls = _two_stage_topk(g, lvl.cls_name, k_in, n, c, c_i64, cut)
@@ -259,9 +326,10 @@ def build_onnx_nms(g: GraphBuilder, boxes: str, scores: str, classes: str, *, nu
     cls_row = g.op("Unsqueeze", [classes, g.i64([1])], hint="classes_b1n")  # [B, 1, N]
     onehot = g.op("Equal", [cls_row, g.i64(np.arange(num_classes).reshape(1, -1, 1), "class_ids")],
                   hint="class_onehot")  # [B, C, N]
-    keep_in = g.op("And", [onehot, g.op("Unsqueeze", [valid, g.i64([1])])], hint="class_and_valid")
-    nms_scores = g.op("Where", [keep_in, g.op("Unsqueeze", [scores, g.i64([1])]), g.f32(-1.0, "minus_one")],
-                      hint="nms_scores")
+    minus_one_f = g.f32(-1.0, "minus_one")
+    masked = g.op("Where", [valid, scores, minus_one_f], hint="scores_above")  # [B, N]: θ applied once
+    nms_scores = g.op("Where", [onehot, g.op("Unsqueeze", [masked, g.i64([1])]), minus_one_f],
+                      hint="nms_scores")  # [B, C, N]
     selected = g.op("NonMaxSuppression",
                     [boxes, nms_scores, g.i64([max_det], "max_per_class"), g.f32([nms_iou], "iou_threshold"), thr],
                     hint="nms", center_point_box=0)  # [M, 3] = (batch, class, box)

@@ -220,6 +220,25 @@ def test_threshold_first_topk_is_data_dependent_and_exact(artifact, tmp_path):
     assert_same_detections(ref, out)
 
 
+def test_threshold_first_batch_mates_do_not_change_detections(artifact, tmp_path):
+    """θ > 0: each level's run-time K (and the grouped anchor stage's group and anchor counts)
+    is the most over the batch; an image's detections do not depend on its batch mates (a
+    black image among random ones: different numbers of passing anchors per image)."""
+    x = images(4, seed=33)
+    x[1] = 0.0
+    scores = np.sort(torch_reference(artifact, x, score_threshold=0.0, max_det=1000)["det_scores"].ravel())[::-1]
+    i = int(np.argmin(np.diff(scores[40:120]))) + 40
+    thr = float((scores[i] + scores[i + 1]) / 2)
+    path = export_onnx(artifact, tmp_path / "d.onnx", score_threshold=thr)
+    ref = torch_reference(artifact, x, score_threshold=thr)
+    out = run_ort(path, x)
+    assert_same_detections(ref, out)
+    for b in range(len(x)):
+        single = run_ort(path, x[b:b + 1])
+        for key in out:
+            np.testing.assert_array_equal(single[key][0], out[key][b])
+
+
 def test_many_candidates_small_max_det(artifact, tmp_path):
     x = images(2, seed=6)
     path = export_onnx(artifact, tmp_path / "many.onnx", pre_nms_topk=2000, max_det=7, score_threshold=0.0)
