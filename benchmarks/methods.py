@@ -344,7 +344,8 @@ def main() -> None:
     ap.add_argument("--timing-rounds", type=int, default=4)
     ap.add_argument("--accuracy-only", action="store_true", help="no step timing")
     ap.add_argument("--timing-only", action="store_true", help="no training: step timing and the table")
-    ap.add_argument("--table-only", action="store_true", help="no training, no timing: the table from the records")
+    ap.add_argument("--table-only", action="store_true",
+                    help="no training, no timing: the table from the records (step times from the last timing run)")
     ap.add_argument("--tag", default="", help="a name for this set of records (e.g. a tuning split)")
     ap.add_argument("--runs", type=Path, default=None, help="run directories (default runs/methods/<arch>[-tag])")
     ap.add_argument("--records", type=Path, default=None)
@@ -366,6 +367,12 @@ def main() -> None:
     if not (args.timing_only or args.table_only):
         run_all(args, specs, seeds)
     step = {} if (args.accuracy_only or args.table_only) else time_steps(args, specs)
+    stem = args.out / f"methods_{name}"
+    step_from = "this run" if step else None
+    if args.table_only and stem.with_suffix(".json").is_file():  # keep the last timing run's step times
+        prev = json.loads(stem.with_suffix(".json").read_text())
+        step = {k: v for k, v in prev.get("step_ms", {}).items() if k in specs}
+        step_from = prev.get("step_from") if prev.get("step_from") not in (None, "this run") else prev.get("command")
     recs = {s: load_records(args, s) for s in specs}
     rows = summarize(specs, base, recs, step)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -376,14 +383,15 @@ def main() -> None:
     table = format_table(rows, title=title)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"methods_{name}"
     stem.with_suffix(".json").write_text(json.dumps(
         {"rows": rows, "iters": iters, "seeds": seeds, "device": device, "sets": args.sets,
          "command": "python " + " ".join(sys.argv), "torch": torch.__version__, "step_ms": step,
+         "step_from": step_from,
          "records": str(args.records.relative_to(ROOT)) if args.records.is_relative_to(ROOT) else str(args.records)},
         indent=2))
     stem.with_suffix(".md").write_text(format_table(rows, title=title, markdown=True) + "\n\n`python "
-                                       + " ".join(sys.argv) + "`\n")
+                                       + " ".join(sys.argv) + "`\n"
+                                       + (f"\nStep times from: `{step_from}`\n" if step and step_from != "this run" else ""))
 
 
 if __name__ == "__main__":
