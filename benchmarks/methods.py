@@ -369,7 +369,7 @@ def main() -> None:
     step = {} if (args.accuracy_only or args.table_only) else time_steps(args, specs)
     stem = args.out / f"methods_{name}"
     step_from = "this run" if step else None
-    if args.table_only and stem.with_suffix(".json").is_file():  # keep the last timing run's step times
+    if not step and stem.with_suffix(".json").is_file():  # no timing now: keep the last timing run's
         prev = json.loads(stem.with_suffix(".json").read_text())
         step = {k: v for k, v in prev.get("step_ms", {}).items() if k in specs}
         step_from = prev.get("step_from") if prev.get("step_from") not in (None, "this run") else prev.get("command")
