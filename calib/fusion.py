@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from swdet.deploy.graph import consumers, default_opset
+from swdet.deploy.graph import consumers, default_opset, drop_unused_initializers
 
 INT8_CONV_OPS = frozenset({"QLinearConv", "ConvInteger", "NhwcQLinearConv"})
 FLOAT_CONV_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv"})
@@ -226,10 +226,7 @@ def _finish(model: onnx.ModelProto, nodes: list[onnx.NodeProto], new_inits: list
     ordered = _topological(nodes, available)
     del g.node[:]
     g.node.extend(ordered)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    drop_unused_initializers(g)
     if (default_opset(model) or 13) < 13:
         raise RuntimeError("the int8 rewrite needs opset 13+ (Split with a split input)")
     del g.value_info[:]

@@ -77,7 +77,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from swdet.deploy.graph import check_model, consumers
+from swdet.deploy.graph import check_model, consumers, drop_unused_initializers
 from swdet.errors import SwdetError
 
 BOUNDARY_PREFIX = "net/"
@@ -427,10 +427,7 @@ def _drop_output_qdq(model: onnx.ModelProto, convs: set[str]) -> None:
     keep = [n for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(keep)
-    used = {i for n in g.node for i in n.input}
-    inits = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(inits)
+    drop_unused_initializers(g)
 
 
 def _unshare_qparams(model: onnx.ModelProto) -> None:

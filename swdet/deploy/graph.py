@@ -65,6 +65,14 @@ def has_plugin(model: onnx.ModelProto) -> bool:
 # Lossless clean-up
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node of ``graph`` reads (in place)."""
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def tidy_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constants to initializers, Identity chains removed, dead nodes and initializers dropped.
     Tensor values are untouched (lossless)."""
