@@ -101,7 +101,7 @@ class TrainConfig:
     steps: list[float] = field(default_factory=lambda: [8 / 12, 11 / 12])  # fractions of iters
     gamma: float = 0.1
     grad_clip: float = 0.0  # max grad norm; 0 = off
-    amp: str = "auto"  # auto | none | bf16 | fp16 ("auto": bf16 on CUDA that supports it, else none)
+    amp: str = "auto"  # auto | none | bf16 | fp16 ("auto": bf16/fp16 on CUDA, fp32 on the CPU; bf16 on the CPU: opt-in)
     channels_last: bool = True  # on CUDA only
     seed: int = 0
     deterministic: bool = True  # deterministic algorithms on CPU

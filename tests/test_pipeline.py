@@ -21,3 +21,14 @@ def test_pipeline_runs_every_stage(tmp_path, capsys):
     for f in ("model.onnx", "model.int8.onnx", "swn.onnx", "runs/focal/model.safetensors", "runs/swn/model.json"):
         assert (out / f).is_file(), f
     assert "same test-time cost" in capsys.readouterr().out
+    # every stage timed; the training autocast recorded and applied to both runs
+    stages = summary["stage_times_s"]
+    assert list(stages)[0] == "data synth" and "calib int8" in stages and "eval onnxruntime-int8" in stages
+    assert abs(sum(stages.values()) - summary["time_s"]) < 1.0
+    from swdet.train.schedule import cpu_has_native_bf16
+
+    expect = "bf16" if cpu_has_native_bf16() else "recipe"
+    assert summary["train_amp"] == expect
+    for run in ("focal", "swn"):
+        cfg = json.loads((out / "runs" / run / "config.json").read_text())
+        assert cfg["train"]["amp"] == ("bf16" if expect == "bf16" else "auto")

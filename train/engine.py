@@ -258,7 +258,7 @@ class Trainer:
         if self.w_optimizer is not None:
             for g in self.w_optimizer.param_groups:
                 g["lr"] = g.setdefault("initial_lr", g["lr"]) * factor
-        autocast = (torch.autocast("cuda", dtype=self.amp) if self.amp is not None else contextlib.nullcontext())
+        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext())
         with autocast:
             total, parts = self.model(images, assign, self.loss, iteration)
         ok = torch.isfinite(total.detach())
@@ -399,7 +399,8 @@ class Trainer:
         self.history["train_time_s"] = self.history.get("train_time_s", 0.0) + time.perf_counter() - t_start
         self.save(iteration)
         return {"iterations": self.total, "skipped_steps": self.history["skipped_steps"],
-                "train_time_s": self.history["train_time_s"]}
+                "train_time_s": self.history["train_time_s"],
+                "autocast": "fp32" if self.amp is None else str(self.amp).replace("torch.", "")}
 
     @staticmethod
     def _loss_keys(means: dict) -> list[str]:

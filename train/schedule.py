@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+
+from swdet.errors import SwdetError
 
 
 def lr_factor(it: int, total: int, cfg) -> float:
@@ -20,9 +23,28 @@ def lr_factor(it: int, total: int, cfg) -> float:
     return warm * cfg.gamma ** sum(it >= m for m in milestones)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16 in the Linux CPU
+    flags), where a bf16 convolution is faster than an fp32 one; elsewhere oneDNN emulates it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def amp_dtype(cfg_amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg_amp == "none":
+    """The autocast dtype of the training step, or None (fp32).
+
+    ``auto``: bf16 on a CUDA GPU that supports it, else fp16 there; fp32 on the CPU (bf16 there is
+    opt-in: ``bf16``, with AP checked, README "First run"). ``fp16`` needs CUDA."""
+    if cfg_amp == "none":
         return None
+    if device.type != "cuda":
+        if cfg_amp == "fp16":
+            raise SwdetError("train.amp: fp16 autocast needs a CUDA device; on the CPU use bf16 or none")
+        return torch.bfloat16 if cfg_amp == "bf16" else None
     if cfg_amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg_amp]
