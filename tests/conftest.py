@@ -70,3 +70,14 @@ def model_meta(imgsz: int = 64, names=("a",), **extra) -> dict:
     meta = build_metadata(cfg, PostprocessConfig(), class_names=list(names),
                           category_ids=list(range(1, len(names) + 1)), method=["focal"])
     return {**meta, **extra}
+
+
+def load_benchmark(name: str):
+    """A script under benchmarks/ (not a package) imported as a module, for its tests."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"swdet_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,20 +3,15 @@ README quotes; the peak models compute what they claim."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "roofline.py"
+from conftest import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("swdet_bench_roofline", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("roofline")
 
 
 def test_quick_mode_writes_json_and_markdown(tmp_path):

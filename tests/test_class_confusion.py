@@ -1,19 +1,13 @@
 """benchmarks/class_confusion.py: the class-agnostic view and the class accuracy of covered GTs."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "class_confusion.py"
-
+from conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def cc():
-    spec = importlib.util.spec_from_file_location("class_confusion", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("class_confusion")
 
 
 def _gt():

@@ -1,20 +1,14 @@
 """benchmarks/ghm_budget.py: the element groups and their gradient shares."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ghm_budget.py"
-
+from conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def gb():
-    spec = importlib.util.spec_from_file_location("ghm_budget", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ghm_budget")
 
 
 def test_element_groups(gb):

@@ -77,7 +77,7 @@ def run_pipeline(out: Path, *, iters: int | None = None, candidate_iters: int | 
                  seed: int = 0, bench_iters: int = 20, calib_images: int = 64, workers: int = 2,
                  amp: str = "auto", progress: bool = True) -> dict:
     """Every stage; ``amp`` is the training autocast: ``auto`` is bf16 on a CPU that computes it
-    natively (AVX512_BF16 / AMX: the step is ~1.5x faster at the same AP, README "First run") and
+    natively (AVX512_BF16 / AMX: the step is 1.4x faster at the same AP, README "First run") and
     the recipe's setting elsewhere; ``bf16`` / ``none`` force it."""
     from swdet.config import load_config
     from swdet.data.synth import write_synthetic_dataset
