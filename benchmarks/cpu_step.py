@@ -53,6 +53,7 @@ def batch(cfg, data: Path | None):
 
     cfg.data.root = str(data)
     ds = build_dataset(cfg, "train", train=False)
+    cfg.model.num_classes = len(ds.class_names)  # as the trainer sets it: the head's width follows the data
     samples = [ds[i] for i in range(cfg.train.batch_size)]
     return torch.stack([s[0] for s in samples]), [s[1] for s in samples]
 
@@ -86,8 +87,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [])
+    images, targets = batch(cfg, args.data)  # first: it sets the class count, which sizes the head and loss
     loss = RetinaNetLoss(cfg, build_methods(cfg.loss.method, cfg.methods), torch.device("cpu"))
-    images, targets = batch(cfg, args.data)
     assign = loss.assigner.assign(targets)
     steps = {name: make_step(cfg, loss, images, assign, amp, cl) for name, (amp, cl) in VARIANTS.items()}
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -110,7 +111,8 @@ def main() -> None:
                      "speedup [min, max]": f"[{min(ratio):.2f}, {max(ratio):.2f}]",
                      "first-step loss": round(first_loss[name], 5)})
     cpu = platform.processor() or platform.machine()
-    title = (f"training step of {args.config.name} (batch {cfg.train.batch_size}, {cfg.model.imgsz} px) on the CPU, "
+    title = (f"training step of {args.config.name} (batch {cfg.train.batch_size}, {cfg.model.imgsz} px, "
+             f"{cfg.model.num_classes} classes) on the CPU, "
              f"{args.threads} threads, {args.rounds} interleaved rounds; torch {torch.__version__}; "
              f"native bf16: {cpu_has_native_bf16()} ({cpu})")
     text = format_table(rows, title=title)

@@ -220,6 +220,32 @@ def test_batched_box_iou_equals_box_iou_per_row():
     assert torch.equal(got[0, :, 0], torch.zeros(5))
 
 
+def test_box_iou_hand_case_and_corner_pair_form_bit_for_bit():
+    """box_iou works per coordinate plane; it must equal the [N, M, 2] corner-pair form exactly
+    (the assignment's positives depend on IoU ties) and stay differentiable."""
+    from swdet.boxes import box_area, box_iou
+
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 15.0, 15.0]])
+    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    want = torch.tensor([[1.0, 50 / 150, 0.0], [25 / 175, 50 / 150, 0.0]])
+    assert torch.allclose(box_iou(a, b), want)
+
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(2000, 2, generator=g) * 300
+    a = torch.cat([xy, xy + torch.rand(2000, 2, generator=g) * 80], 1)
+    xy = torch.rand(13, 2, generator=g) * 300
+    b = torch.cat([xy, xy + torch.rand(13, 2, generator=g) * 80], 1)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    corner_pairs = inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter).clamp(min=1e-9)
+    assert torch.equal(box_iou(a, b), corner_pairs)
+
+    a = a[:50].clone().requires_grad_(True)
+    box_iou(a, b).sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
 def test_one_input_size_field_and_older_model_json_still_read(tmp_path):
     """model.json stores the input size once (model.imgsz); files written when it also had
     input.size, or (hand-written sidecars) only that, still read the same."""

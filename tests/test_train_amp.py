@@ -45,3 +45,29 @@ def test_fp16_on_the_cpu_is_one_line(synth_data, tmp_path):
             "--set", "train.amp=fp16", "--device", "cpu")
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == "error: train.amp: fp16 autocast needs a CUDA device; on the CPU use bf16 or none"
+
+
+def test_fused_optimizer_kernels_on_the_cpu_same_update():
+    """The trainer uses fused optimizer kernels wherever torch has them (CUDA; the CPU on torch
+    2.4+): the same AdamW update as the per-op form, up to float rounding."""
+    from swdet.train.schedule import fused_optimizers
+
+    assert fused_optimizers(torch.device("meta")) is False
+    if not fused_optimizers(torch.device("cpu")):
+        pytest.skip("this torch has no fused CPU optimizers")
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 32, generator=g), torch.randn(32, generator=g)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    results = []
+    for fused in (False, True):
+        params = [p.clone().requires_grad_(True) for p in start]
+        opt = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}],
+                                lr=0.008, weight_decay=0.05, **({"fused": True} if fused else {}))
+        for step in grads:
+            for p, gr in zip(params, step):
+                p.grad = gr.clone()
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+        assert not torch.equal(a, start[0] if a.ndim == 2 else start[1])

@@ -52,7 +52,7 @@ from swdet.train.distributed import all_gather, seed_everything, setup_distribut
 from swdet.train.methods import MethodSet, build_methods
 from swdet.train.retina_loss import build_detector_loss
 from swdet.train.runlog import Accumulator, JsonlLog
-from swdet.train.schedule import amp_dtype, lr_factor
+from swdet.train.schedule import amp_dtype, fused_optimizers, lr_factor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class Trainer:
         if self.device.type == "cuda" and cfg.train.channels_last:
             self.module.detector.to(memory_format=torch.channels_last)
 
-        fused = self.device.type == "cuda"
+        fused = fused_optimizers(self.device)
         params = [p for p in detector.parameters() if p.requires_grad]
         if cfg.train.optimizer == "adamw":
             # No weight decay on norm scales/shifts and biases (1-d parameters), as is usual for AdamW.

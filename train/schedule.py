@@ -1,4 +1,5 @@
-"""The training schedule: the learning-rate factor of each iteration and the autocast dtype."""
+"""The training schedule: the learning-rate factor of each iteration, the autocast dtype and the
+optimizer kernels."""
 
 from __future__ import annotations
 
@@ -48,3 +49,21 @@ def amp_dtype(cfg_amp: str, device: torch.device) -> torch.dtype | None:
     if cfg_amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg_amp]
+
+
+def fused_optimizers(device: torch.device) -> bool:
+    """Whether the optimizers run their fused kernels (``fused=True``: one kernel per parameter
+    instead of ~10 elementwise ops): on CUDA, and on the CPU where this torch has them (2.4+).
+    Same update up to float rounding; on the CPU the recipe's AdamW step over ``retinanet_tiny``'s
+    76 parameters takes 0.8 ms instead of 4.0 ms (README "First run")."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        probe = [torch.zeros(1, requires_grad=True)]
+        torch.optim.AdamW(probe, fused=True)
+        torch.optim.SGD(probe, lr=0.1, momentum=0.9, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
