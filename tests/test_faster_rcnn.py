@@ -309,6 +309,42 @@ def test_roi_levels_and_masked_roi_align_match_the_indexed_one():
     assert torch.equal(a, b)
 
 
+
+def test_cpu_training_roi_align_matches_torchvision_values_and_gradients():
+    """The gather RoIAlign used in CPU training equals torchvision's ``roi_align`` (values and
+    gradients), including RoIs that leave the map on every side, points, and tiny maps."""
+    torch.manual_seed(0)
+    levels = [2, 3, 4, 5]
+    feats = [torch.randn(2, 5, 48 // 2 ** i, 40 // 2 ** i, requires_grad=True) for i in range(4)]
+    xy = torch.rand(2, 40, 2) * 220 - 30
+    wh = torch.rand(2, 40, 2) ** 3 * 300
+    boxes = torch.cat([xy, xy + wh], -1)
+    boxes[0, 0] = torch.tensor([-40.0, -40.0, -20.0, -10.0])  # wholly outside (top-left)
+    boxes[0, 1] = torch.tensor([150.0, 180.0, 400.0, 500.0])  # past the bottom-right edge
+    boxes[1, 2] = torch.tensor([17.0, 9.0, 17.0, 9.0])  # a point
+    boxes[1, 3] = torch.tensor([-100.0, -50.0, 400.0, 420.0])  # level 5, larger than the map
+    target = map_roi_levels(boxes.reshape(-1, 4), 2, 5)
+    assert set(target.tolist()) == {2.0, 3.0, 4.0, 5.0}
+    grad = torch.randn(80, 5, 7, 7)
+
+    ours = multilevel_roi_align(feats, levels, boxes, 7, 2)  # grad enabled on the CPU: the gather form
+    feats_ref = [f.detach().requires_grad_() for f in feats]
+    ref = multilevel_roi_align(feats_ref, levels, boxes, 7, 2, masked=True)
+    fn, names = ours.grad_fn, []
+    while fn is not None and len(names) < 4:
+        names.append(type(fn).__name__)
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    assert any("WeightedGather" in n for n in names), names  # the gather form ran
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    g_ours = torch.autograd.grad((ours * grad).sum(), feats)
+    g_ref = torch.autograd.grad((ref * grad).sum(), feats_ref)
+    for a, b in zip(g_ours, g_ref):  # sums of up to hundreds of terms in another order
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # inference keeps torchvision's op (what the ONNX RoiAlign matches)
+        assert torch.equal(multilevel_roi_align(feats, levels, boxes, 7, 2),
+                           multilevel_roi_align(feats, levels, boxes, 7, 2, masked=False))
+
+
 # ---------------------------------------------------------------------------------------------
 # Export
 
