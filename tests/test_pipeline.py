@@ -10,7 +10,7 @@ from swdet.cli import main
 def test_pipeline_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "pipe"
     rc = main(["pipeline", "--out", str(out), "--iters", "3", "--candidate-iters", "2", "--train-images", "8",
-               "--val-images", "4", "--workers", "0", "--quiet"])
+               "--val-images", "4", "--quiet"])  # --workers: the automatic choice
     assert rc == 0
     summary = json.loads((out / "pipeline.json").read_text())
     assert summary["verify_ok"] is True  # focal and swn exports cost the same
@@ -32,3 +32,10 @@ def test_pipeline_runs_every_stage(tmp_path, capsys):
     for run in ("focal", "swn"):
         cfg = json.loads((out / "runs" / run / "config.json").read_text())
         assert cfg["train"]["amp"] == ("bf16" if expect == "bf16" else "auto")
+    # the automatic loader choice: in the training process on the CPU, 2 processes with CUDA
+    import torch
+
+    workers = 2 if torch.cuda.is_available() else 0
+    assert summary["train_workers"] == workers
+    for run in ("focal", "swn"):
+        assert json.loads((out / "runs" / run / "config.json").read_text())["data"]["workers"] == workers
