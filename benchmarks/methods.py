@@ -272,6 +272,20 @@ def time_steps(args, specs: list[str]) -> dict[str, float]:
 # Phase 3: the table
 
 
+def table_stem(out: Path, name: str, specs: list[str]) -> str:
+    """``methods_<name>``, unless that table holds another method set (a diagnostic run must not
+    replace the campaign's table): then ``methods_<name>__<hash of the specs>``."""
+    stem = f"methods_{name}"
+    prev = out / f"{stem}.json"
+    if prev.is_file():
+        held = [r.get("method") for r in json.loads(prev.read_text()).get("rows", [])]
+        if held and held != specs:
+            stem += "__" + hashlib.sha1(";".join(specs).encode()).hexdigest()[:8]
+            print(f"notice: {prev.name} holds another method set; this table goes to {stem}.md "
+                  "(--table to name it)", file=sys.stderr)
+    return stem
+
+
 def load_records(args, spec: str) -> list[dict]:
     out = []
     for p in sorted(args.records.glob(f"{slug(spec)}__seed*.json")):
@@ -351,6 +365,9 @@ def main() -> None:
     ap.add_argument("--records", type=Path, default=None)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--table", default=None,
+                    help="table file stem under --out (default methods_<arch>[-tag]; a run of another "
+                         "method set than the table there gets methods_<arch>[-tag]__<hash> instead)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -367,7 +384,7 @@ def main() -> None:
     if not (args.timing_only or args.table_only):
         run_all(args, specs, seeds)
     step = {} if (args.accuracy_only or args.table_only) else time_steps(args, specs)
-    stem = args.out / f"methods_{name}"
+    stem = args.out / (args.table or table_stem(args.out, name, specs))
     step_from = "this run" if step else None
     if not step and stem.with_suffix(".json").is_file():  # no timing now: keep the last timing run's
         prev = json.loads(stem.with_suffix(".json").read_text())
