@@ -330,13 +330,15 @@ def tensors_data(amax: dict[str, float]):
 
 def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_channel: bool = True,
                      exclude: list[str] = (), nodes_to_quantize: list[str] | None = None,
-                     float_outputs: list[str] = (), one_reader: bool = False) -> onnx.ModelProto:
+                     float_outputs: list[str] = (), one_reader: bool = False,
+                     lookup_relus: bool = False) -> onnx.ModelProto:
     """Insert Q/DQ into the (pre-processed) network model with ORT's ``QDQQuantizer``.
 
     ``exclude``: node names kept float. ``nodes_to_quantize``: when given, only these nodes
     (the per-layer sensitivity). ``float_outputs``: Conv node names whose output Q/DQ is removed
     (int8 inputs, float32 output). ``one_reader``: every activation DequantizeLinear gets a
-    single reader (:func:`_one_reader_per_dq`)."""
+    single reader (:func:`_one_reader_per_dq`). ``lookup_relus``: a ReLU between one activation
+    DQ and one Q becomes ``LeakyRelu(alpha=0)`` (:func:`_lookup_relus`)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
     quantizable = {n.name for n in quantizable_nodes(network)}
@@ -362,8 +364,38 @@ def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_ch
         _drop_output_qdq(out, set(float_outputs))
     if one_reader:
         _one_reader_per_dq(out)
+    if lookup_relus:
+        _lookup_relus(out)
     _unshare_qparams(out)
     return out
+
+
+def _lookup_relus(model: onnx.ModelProto) -> int:
+    """``DQ -> Relu -> Q`` (one activation DequantizeLinear in, one QuantizeLinear as the only
+    reader) becomes ``DQ -> LeakyRelu(alpha=0) -> Q``: the same function, ``max(x, 0)``, which
+    ONNX Runtime's CPU provider fuses into an int8 ``QLinearLeakyRelu`` (a 256-entry lookup table
+    from the input's scale to the output's) where a ``Relu`` runs as DequantizeLinear, float ReLU
+    and QuantizeLinear (its ReLU fusion needs the zero point at the bottom of the range, never the
+    case with TensorRT's signed zero-point-0 scheme). TensorRT runs ``LeakyRelu`` as an activation
+    layer like ``Relu``; the graph stays a valid explicit-quantization model. Returns the count."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    cons = consumers(g)
+    outputs = {o.name for o in g.output}
+    count = 0
+    for n in g.node:
+        if n.op_type != "Relu" or n.output[0] in outputs:
+            continue
+        src, readers = producer.get(n.input[0]), cons.get(n.output[0], [])
+        if (src is None or src.op_type != "DequantizeLinear" or src.input[0] in inits
+                or len(readers) != 1 or readers[0].op_type != "QuantizeLinear"):
+            continue
+        n.op_type = "LeakyRelu"
+        del n.attribute[:]
+        n.attribute.append(helper.make_attribute("alpha", 0.0))
+        count += 1
+    return count
 
 
 def _one_reader_per_dq(model: onnx.ModelProto) -> None:
@@ -692,7 +724,7 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
             say(f"warning: {warnings[-1]}")
 
         quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,  # 4.
-                                     float_outputs=float_convs, one_reader=rewrite)
+                                     float_outputs=float_convs, one_reader=rewrite, lookup_relus=rewrite)
         new_meta = _calibration_metadata(meta, method=method, percentile=percentile,
                                          num_images=st.stats.num_images, images=images, seed=seed,
                                          per_channel=per_channel, excluded=excluded, float_convs=float_convs,

@@ -157,3 +157,31 @@ def test_rewrite_keeps_the_size(flavours):
     """Levels that share the head's weights share the merged weights too (no copy per level)."""
     before, after = flavours
     assert after.size_mb < 1.02 * before.size_mb
+
+
+def test_relus_between_quantizers_run_as_int8_lookups(flavours, synth_data):
+    """The default flavour turns ``DQ -> Relu -> Q`` into ``DQ -> LeakyRelu(0) -> Q``: the outputs
+    equal those of the same graph with ``Relu`` put back, and ONNX Runtime runs each such ReLU as
+    an int8 ``QLinearLeakyRelu`` instead of a float ReLU between a DQ and a Q."""
+    from swdet.calib import ort_conv_counts
+    from swdet.calib.quantize import split_network
+    from swdet.preprocess import list_images, prepare_batch
+
+    before, after = (onnx.load(str(r.out)) for r in flavours)
+    leaky = [n for n in after.graph.node if n.op_type == "LeakyRelu"]
+    assert leaky and all(a.f == 0.0 for n in leaky for a in n.attribute if a.name == "alpha")
+    assert not [n for n in before.graph.node if n.op_type == "LeakyRelu"]  # --no-rewrite: unchanged
+    relu = onnx.ModelProto()
+    relu.CopyFrom(after)
+    for n in relu.graph.node:
+        if n.op_type == "LeakyRelu":
+            n.op_type = "Relu"
+            del n.attribute[:]
+    x = prepare_batch(list_images(synth_data / "val")[:4], IMGSZ).images.astype(np.float32)
+    s_after, s_relu = split_network(after), split_network(relu)
+    for a, b in zip(_run(s_after.network, s_after.boundary, x), _run(s_relu.network, s_relu.boundary, x)):
+        np.testing.assert_array_equal(a, b)
+    ops_after, ops_relu = ort_conv_counts(after)["ops"], ort_conv_counts(relu)["ops"]
+    assert ops_after.get("QLinearLeakyRelu", 0) == len(leaky) and "QLinearLeakyRelu" not in ops_relu
+    assert ops_after.get("Relu", 0) == ops_relu.get("Relu", 0) - len(leaky)
+    assert ops_after["DequantizeLinear"] < ops_relu["DequantizeLinear"]
