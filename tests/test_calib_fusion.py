@@ -185,3 +185,32 @@ def test_relus_between_quantizers_run_as_int8_lookups(flavours, synth_data):
     assert ops_after.get("QLinearLeakyRelu", 0) == len(leaky) and "QLinearLeakyRelu" not in ops_relu
     assert ops_after.get("Relu", 0) == ops_relu.get("Relu", 0) - len(leaky)
     assert ops_after["DequantizeLinear"] < ops_relu["DequantizeLinear"]
+
+
+def test_lookup_relus_only_between_one_dq_and_one_q():
+    """A ReLU becomes ``LeakyRelu(0)`` only between an activation DQ and a single Q: one read by
+    two quantizers, one after a float op, and one writing a graph output stay ``Relu``."""
+    from onnx import TensorProto, helper
+
+    from swdet.calib.quantize import _lookup_relus
+
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    z = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Relu", ["xd"], ["a"], name="one_q"),
+             helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"]),
+             helper.make_node("Relu", ["xd"], ["b"], name="two_q"),
+             helper.make_node("QuantizeLinear", ["b", "s", "z"], ["bq1"]),
+             helper.make_node("QuantizeLinear", ["b", "s", "z"], ["bq2"]),
+             helper.make_node("Abs", ["x"], ["c0"]),
+             helper.make_node("Relu", ["c0"], ["c"], name="after_float"),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+             helper.make_node("Relu", ["xd"], ["out"], name="graph_output")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.INT8, [1, 4]) for n in ("aq", "bq1", "bq2", "cq")]
+    outs.append(helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4]))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, [s, z]))
+    assert _lookup_relus(model) == 1
+    kinds = {n.name: n.op_type for n in model.graph.node if n.name}
+    assert kinds == {"one_q": "LeakyRelu", "two_q": "Relu", "after_float": "Relu", "graph_output": "Relu"}
