@@ -35,6 +35,7 @@ the baseline's ``configs/<model>.yaml``, with ``loss.method`` set to the spec.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -288,7 +289,7 @@ def table_stem(out: Path, name: str, specs: list[str]) -> str:
 
 def load_records(args, spec: str) -> list[dict]:
     out = []
-    for p in sorted(args.records.glob(f"{slug(spec)}__seed*.json")):
+    for p in sorted(args.records.glob(f"{glob.escape(slug(spec))}__seed*.json")):  # specs may hold [ ]
         rec = json.loads(p.read_text())
         if all(rec.get(k) == v for k, v in settings(args, spec).items()):
             out.append(rec)
