@@ -398,6 +398,13 @@ def _lookup_relus(model: onnx.ModelProto) -> int:
     return count
 
 
+def _count_lookup_relus(model: onnx.ModelProto) -> int:
+    """``LeakyRelu(alpha=0)`` nodes: the ReLUs :func:`_lookup_relus` turned into int8 lookups."""
+    return sum(1 for n in model.graph.node if n.op_type == "LeakyRelu"
+               and all(a.name != "alpha" or a.f == 0.0 for a in n.attribute)
+               and any(a.name == "alpha" for a in n.attribute))
+
+
 def _one_reader_per_dq(model: onnx.ModelProto) -> None:
     """An activation Q -> DQ pair whose DequantizeLinear output has several readers (e.g. a
     quantized FPN sum read by a convolution and by the next ``Resize``) becomes one Q -> DQ pair
@@ -628,7 +635,8 @@ def _statistics(network: onnx.ModelProto, tensors: list[str], data: bytes, image
 
 def _calibration_metadata(meta: dict, *, method: str, percentile: float, num_images: int, images, seed: int,
                           per_channel: bool, excluded: list[str], float_convs: list[str], cache_path: Path,
-                          head_outputs: str = "float", rewrite: dict | None = None) -> dict:
+                          head_outputs: str = "float", rewrite: dict | None = None,
+                          lookup_relus: int = 0) -> dict:
     """The model's metadata with ``export.precision = "int8"`` and a ``calibration`` section."""
     import onnxruntime
 
@@ -645,6 +653,7 @@ def _calibration_metadata(meta: dict, *, method: str, percentile: float, num_ima
         "float_output_convs": float_convs,
         "head_outputs": head_outputs,
         "rewrite": rewrite,
+        "lookup_relus": int(lookup_relus),
         "symmetric": True,
         "op_types": list(OP_TYPES),
         "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
@@ -725,11 +734,13 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
 
         quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,  # 4.
                                      float_outputs=float_convs, one_reader=rewrite, lookup_relus=rewrite)
+        lookups = _count_lookup_relus(quantized) - _count_lookup_relus(network)
         new_meta = _calibration_metadata(meta, method=method, percentile=percentile,
                                          num_images=st.stats.num_images, images=images, seed=seed,
                                          per_channel=per_channel, excluded=excluded, float_convs=float_convs,
                                          cache_path=st.cache_path, head_outputs=head_outputs,
-                                         rewrite=rewritten.as_dict() if rewritten is not None else None)
+                                         rewrite=rewritten.as_dict() if rewritten is not None else None,
+                                         lookup_relus=lookups)
         final = stitch(quantized, split, model, new_meta)  # 5.
         _check(final)
         blob = final.SerializeToString()

@@ -16,3 +16,19 @@ def test_table_stem_keeps_the_campaign_table(tmp_path, capsys):
     assert other.startswith("methods_retinanet__") and len(other) == len("methods_retinanet__") + 8
     assert "holds another method set" in capsys.readouterr().err
     assert other == methods.table_stem(tmp_path, "retinanet", ["ghm@train.iters=3900", "focal@train.iters=3900"])
+
+
+def test_load_records_finds_a_spec_with_brackets(tmp_path):
+    """A spec holding `[...]` (a list override) is a glob character class unless escaped: its
+    records were silently not found and the table came out empty."""
+    import argparse
+
+    methods = load_benchmark("methods")
+    args = argparse.Namespace(arch="faster_rcnn", data=tmp_path / "data", iters=20, sets=[], records=tmp_path)
+    spec = "sampling_free@methods.sampling_free.heads=[rpn]"
+    rec = {**methods.settings(args, spec), "seed": 0, "AP": 0.25}
+    (tmp_path / f"{methods.slug(spec)}__seed0.json").write_text(json.dumps(rec))
+    other = {**rec, "config_hash": "not-this-recipe"}
+    (tmp_path / f"{methods.slug(spec)}__seed1.json").write_text(json.dumps(other))
+    found = methods.load_records(args, spec)
+    assert [r["seed"] for r in found] == [0]  # the matching record, and only it

@@ -127,6 +127,9 @@ def test_metadata_records_the_flavour(flavours):
     before, after = (read_onnx_metadata(onnx.load(str(r.out)))["calibration"] for r in flavours)
     assert before["head_outputs"] == "float" and before["rewrite"] is None and before["float_output_convs"]
     assert after["head_outputs"] == "int8" and after["rewrite"]["merged"] and not after["float_output_convs"]
+    # the ReLUs written as int8 lookups: none without the rewrites, and as many as the graph holds
+    lookups = sum(1 for n in onnx.load(str(flavours[1].out)).graph.node if n.op_type == "LeakyRelu")
+    assert before["lookup_relus"] == 0 and after["lookup_relus"] == lookups > 0
 
 
 def test_int8_outputs_track_fp32(flavours, fp32_onnx, synth_data):
