@@ -330,15 +330,13 @@ def tensors_data(amax: dict[str, float]):
 
 def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_channel: bool = True,
                      exclude: list[str] = (), nodes_to_quantize: list[str] | None = None,
-                     float_outputs: list[str] = (), one_reader: bool = False,
-                     lookup_relus: bool = False) -> onnx.ModelProto:
+                     float_outputs: list[str] = (), one_reader: bool = False) -> onnx.ModelProto:
     """Insert Q/DQ into the (pre-processed) network model with ORT's ``QDQQuantizer``.
 
     ``exclude``: node names kept float. ``nodes_to_quantize``: when given, only these nodes
     (the per-layer sensitivity). ``float_outputs``: Conv node names whose output Q/DQ is removed
     (int8 inputs, float32 output). ``one_reader``: every activation DequantizeLinear gets a
-    single reader (:func:`_one_reader_per_dq`). ``lookup_relus``: a ReLU between one activation
-    DQ and one Q becomes ``LeakyRelu(alpha=0)`` (:func:`_lookup_relus`)."""
+    single reader (:func:`_one_reader_per_dq`)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
     quantizable = {n.name for n in quantizable_nodes(network)}
@@ -364,8 +362,6 @@ def quantize_network(network: onnx.ModelProto, amax: dict[str, float], *, per_ch
         _drop_output_qdq(out, set(float_outputs))
     if one_reader:
         _one_reader_per_dq(out)
-    if lookup_relus:
-        _lookup_relus(out)
     _unshare_qparams(out)
     return out
 
@@ -396,13 +392,6 @@ def _lookup_relus(model: onnx.ModelProto) -> int:
         n.attribute.append(helper.make_attribute("alpha", 0.0))
         count += 1
     return count
-
-
-def _count_lookup_relus(model: onnx.ModelProto) -> int:
-    """``LeakyRelu(alpha=0)`` nodes: the ReLUs :func:`_lookup_relus` turned into int8 lookups."""
-    return sum(1 for n in model.graph.node if n.op_type == "LeakyRelu"
-               and all(a.name != "alpha" or a.f == 0.0 for a in n.attribute)
-               and any(a.name == "alpha" for a in n.attribute))
 
 
 def _one_reader_per_dq(model: onnx.ModelProto) -> None:
@@ -733,8 +722,8 @@ def calibrate(model_path: str | Path, images: str | Path, out: str | Path, *,
             say(f"warning: {warnings[-1]}")
 
         quantized = quantize_network(network, amax, per_channel=per_channel, exclude=excluded,  # 4.
-                                     float_outputs=float_convs, one_reader=rewrite, lookup_relus=rewrite)
-        lookups = _count_lookup_relus(quantized) - _count_lookup_relus(network)
+                                     float_outputs=float_convs, one_reader=rewrite)
+        lookups = _lookup_relus(quantized) if rewrite else 0  # ReLUs -> int8 lookups (ORT)
         new_meta = _calibration_metadata(meta, method=method, percentile=percentile,
                                          num_images=st.stats.num_images, images=images, seed=seed,
                                          per_channel=per_channel, excluded=excluded, float_convs=float_convs,
