@@ -50,7 +50,7 @@ class ModelConfig:
     fpn_channels: int = 256
     head_channels: int = 256
     head_convs: int = 4
-    head_norm: str = "none"  # none | gn
+    head_norm: str = "none"  # none | gn | bn (per-level BatchNorm, folded into the convs at export)
     imgsz: int = 640  # square letterboxed input size (the ONNX input is fixed to it)
     min_level: int = 3
     max_level: int = 7
@@ -243,7 +243,9 @@ class OHEMParams:
     ``selection``: ``mmdet`` (mmdetection's ``OHEMSampler``, what users compare with: the hardest
     positives and, for the rest of the batch, the hardest negatives, each ranked by classification
     loss at the sampler's fraction) or ``paper`` (Shrivastava et al. 2016: NMS at ``nms_iou`` over
-    the RoIs ranked by classification + box loss, then the ``roi_batch`` hardest, any mix).
+    the RoIs ranked by classification + box loss, then the ``roi_batch`` hardest, any mix) or
+    ``negatives`` (an ablation: positives drawn at random as random sampling does, only the
+    negatives the hardest; hard-negative mining as in SSD).
     """
 
     selection: str = "mmdet"
@@ -581,7 +583,7 @@ def validate_model(m: ModelConfig, source: str = "config") -> None:
     checks = [
         (m.backbone in ("tiny", "resnet18", "resnet34", "resnet50"), "model.backbone",
          "tiny, resnet18, resnet34 or resnet50"),
-        (m.head_norm in ("none", "gn"), "model.head_norm", "none or gn"),
+        (m.head_norm in ("none", "gn", "bn"), "model.head_norm", "none, gn or bn"),
         (m.backbone_norm in ("bn", "frozen_bn"), "model.backbone_norm", "bn or frozen_bn"),
         (levels_ok(arch, m.min_level, m.max_level), "model.min_level/max_level", arch.level_rule),
         (0 < m.prior_prob < 1, "model.prior_prob", "in (0, 1)"),
@@ -665,7 +667,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         (cfg.methods.iou_balanced.cls_elements in ("gt", "all"), "methods.iou_balanced.cls_elements", "gt or all"),
         (cfg.methods.iou_balanced.normalize in ("level", "batch"), "methods.iou_balanced.normalize",
          "level or batch"),
-        (cfg.methods.ohem.selection in ("mmdet", "paper"), "methods.ohem.selection", "mmdet or paper"),
+        (cfg.methods.ohem.selection in ("mmdet", "paper", "negatives"), "methods.ohem.selection",
+         "mmdet, paper or negatives"),
         (len(cfg.methods.sampling_free.heads) >= 1 and set(cfg.methods.sampling_free.heads) <= {"rpn", "roi"},
          "methods.sampling_free.heads", "a non-empty list of rpn, roi"),
         (0 < cfg.methods.ohem.nms_iou <= 1, "methods.ohem.nms_iou", "in (0, 1]"),

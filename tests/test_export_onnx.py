@@ -26,13 +26,22 @@ NUM_CLASSES = 3
 
 
 def make_artifact(path, *, seed: int = 0, imgsz: int = IMGSZ, post: PostprocessConfig | None = None,
-                  threshold: dict | None = None):
-    """A random-weights retinanet_tiny artifact whose scores spread over (0, 1) (few ties)."""
+                  threshold: dict | None = None, head_norm: str | None = None):
+    """A random-weights retinanet_tiny artifact whose scores spread over (0, 1) (few ties);
+    ``head_norm="bn"``: per-level BatchNorm head with random running statistics and affines."""
     torch.manual_seed(seed)
     cfg = swdet.config.model_preset("retinanet_tiny")
     cfg.num_classes, cfg.imgsz = NUM_CLASSES, imgsz
+    if head_norm:
+        cfg.head_norm = head_norm
     model = build_model(cfg)
     with torch.no_grad():
+        for m in model.head.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
         model.head.set_prior(0.2)
         model.head.cls_logits.weight.normal_(std=0.05)
         model.head.bbox_pred.weight.normal_(std=0.02)
@@ -149,6 +158,24 @@ def test_dynamic_batch_matches_torch(artifact, dynamic_onnx, batch):
     ref = torch_reference(artifact, x)
     assert ref["num_dets"].min() > 10  # the comparison is about real detections
     assert_same_detections(ref, run_ort(dynamic_onnx, x))
+
+
+def test_batchnorm_head_folds_into_the_convolutions(tmp_path):
+    """``model.head_norm: bn``: each level's BatchNorm (running statistics) folds into that level's
+    convolution at export -- no normalization op is left, one convolution per (level, tower layer)
+    -- and ONNX Runtime gives the torch detections."""
+    art = make_artifact(tmp_path / "bn", head_norm="bn")
+    path = export_onnx(art, tmp_path / "bn.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert not {"BatchNormalization", "InstanceNormalization", "GroupNormalization"} & set(ops)
+    gn_ops = [n.op_type for n in onnx.load(str(export_onnx(make_artifact(tmp_path / "gn"), tmp_path / "gn.onnx"))).graph.node]
+    assert ops.count("Conv") == gn_ops.count("Conv") and "InstanceNormalization" in gn_ops
+    model, _ = load_artifact(art)
+    assert len({id(m) for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)}) == 2 * 2 * 4
+    x = images(2, seed=11)
+    ref = torch_reference(art, x)
+    assert ref["num_dets"].min() > 10
+    assert_same_detections(ref, run_ort(path, x), box_tol=2e-3, score_tol=1e-4)
 
 
 def test_fixed_batch_matches_torch_and_rejects_other_sizes(artifact, tmp_path):

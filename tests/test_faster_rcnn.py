@@ -264,6 +264,16 @@ def test_ohem_selection_on_a_crafted_roi_set():
     idx, ok = sample_hardest(labels, ce, 4, 0.25)  # 1 foreground, 3 background
     assert set(idx[0][ok[0]].tolist()) == {1, 3, 4, 6}
     assert set(idx[1][ok[1]].tolist()) == {6, 7}
+    # hard negatives only: the foreground RoI is a uniform draw (RoI 0, 1 or 2, whatever their
+    # loss), the background still the three hardest
+    drawn = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        idx, ok = sample_hardest(labels, ce, 4, 0.25, hard_positives=False)
+        chosen = set(idx[0][ok[0]].tolist())
+        assert chosen - {0, 1, 2} == {3, 4, 6} and len(chosen & {0, 1, 2}) == 1
+        drawn |= chosen & {0, 1, 2}
+    assert drawn == {0, 1, 2}
     # the paper: totals 1.5, 2.5, 0.3, 3.0, 2.9, 0.2, 1.0; RoI 4 overlaps 3 (IoU 0.91) and RoI 0
     # overlaps 1 (IoU 0.95): suppressed; the 4 hardest left are 3, 1, 6, 2
     idx, ok = sample_hardest_nms(rois, labels, ce + box, 4, 0.7)

@@ -225,11 +225,17 @@ def sample_random(labels: Tensor, batch: int, pos_fraction: float) -> tuple[Tens
     return sample_by_key(labels, torch.rand(labels.shape, device=labels.device), batch, pos_fraction)
 
 
-def sample_hardest(labels: Tensor, losses: Tensor, batch: int, pos_fraction: float = 0.25) -> tuple[Tensor, Tensor]:
+def sample_hardest(labels: Tensor, losses: Tensor, batch: int, pos_fraction: float = 0.25,
+                   hard_positives: bool = True) -> tuple[Tensor, Tensor]:
     """OHEM as mmdetection's ``OHEMSampler`` (what users compare with): :func:`sample_by_key`
     keyed by each RoI's classification loss -- the hardest foreground RoIs up to the fraction,
-    then the hardest background RoIs -> ``(index [B, S], ok [B, S])``."""
-    return sample_by_key(labels, losses.detach().clamp(min=0), batch, pos_fraction)
+    then the hardest background RoIs -> ``(index [B, S], ok [B, S])``. ``hard_positives=False``
+    (``methods.ohem.selection: negatives``) draws the foreground at random instead (uniform keys,
+    as :func:`sample_random`) and mines the background only."""
+    keys = losses.detach().clamp(min=0)
+    if not hard_positives:
+        keys = torch.where(labels >= 0, torch.rand(labels.shape, device=labels.device), keys)
+    return sample_by_key(labels, keys, batch, pos_fraction)
 
 
 def sample_hardest_nms(rois: Tensor, labels: Tensor, losses: Tensor, batch: int, nms_iou: float = 0.7
@@ -370,7 +376,8 @@ class FasterRCNNLoss:
                 ce, box_loss = self._per_roi_loss(cls, box, cand, assign.gt_boxes)
             if ohem.selection == "paper":
                 return sample_hardest_nms(cand.rois, cand.labels, ce + box_loss, rc.roi_batch, ohem.nms_iou)
-            return sample_hardest(cand.labels, ce, rc.roi_batch, rc.roi_pos_fraction)
+            return sample_hardest(cand.labels, ce, rc.roi_batch, rc.roi_pos_fraction,
+                                  hard_positives=ohem.selection != "negatives")
         return sample_random(cand.labels, rc.roi_batch, rc.roi_pos_fraction)
 
     def roi_record(self, outputs: dict, assign: RCNNAssignment, iteration: int) -> SampleRecord:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from swdet.models.anchors import num_anchors_per_cell
@@ -50,7 +51,28 @@ class Normalize(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
-def _subnet(channels: int, convs: int, norm: str) -> nn.Sequential:
+class LevelBNSubnet(nn.Module):
+    """``convs`` x (3x3 conv shared across levels -> BatchNorm of *that* level -> ReLU)
+    (``model.head_norm: bn``; per-level statistics as in NAS-FPN's and EfficientDet's heads, since
+    the levels' feature statistics differ). In eval mode each BatchNorm is the affine map
+    ``y = γ (x - μ) / sqrt(σ² + ε) + β`` with its running statistics, which the ONNX exporter folds
+    into the level's convolution: the deployed head is convolutions and ReLUs only."""
+
+    def __init__(self, channels: int, convs: int, levels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(convs))
+        self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(levels))
+                                   for _ in range(convs))
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        for conv, norms in zip(self.convs, self.norms):
+            x = F.relu(norms[level](conv(x)))
+        return x
+
+
+def _subnet(channels: int, convs: int, norm: str, levels: int = 1) -> nn.Module:
+    if norm == "bn":
+        return LevelBNSubnet(channels, convs, levels)
     layers: list[nn.Module] = []
     for _ in range(convs):
         layers.append(nn.Conv2d(channels, channels, 3, padding=1))
@@ -69,19 +91,20 @@ class RetinaNetHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: int, convs: int, num_anchors: int, num_classes: int,
-                 norm: str = "none", prior_prob: float = 0.01):
+                 norm: str = "none", prior_prob: float = 0.01, levels: int = 1):
         super().__init__()
         self.num_anchors, self.num_classes = num_anchors, num_classes
+        self.per_level = norm == "bn"
         self.input_proj = nn.Identity() if in_channels == channels else nn.Conv2d(in_channels, channels, 1)
-        self.cls_subnet = _subnet(channels, convs, norm)
-        self.box_subnet = _subnet(channels, convs, norm)
+        self.cls_subnet = _subnet(channels, convs, norm, levels)
+        self.box_subnet = _subnet(channels, convs, norm, levels)
         self.cls_logits = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GroupNorm):
+            elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         self.set_prior(prior_prob)
@@ -98,10 +121,12 @@ class RetinaNetHead(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         cls, box = [], []
-        for f in feats:
+        for level, f in enumerate(feats):
             f = self.input_proj(f)
-            cls.append(self._flatten(self.cls_logits(self.cls_subnet(f)), self.num_classes))
-            box.append(self._flatten(self.bbox_pred(self.box_subnet(f)), 4))
+            c, b = (self.cls_subnet(f, level), self.box_subnet(f, level)) if self.per_level else \
+                (self.cls_subnet(f), self.box_subnet(f))
+            cls.append(self._flatten(self.cls_logits(c), self.num_classes))
+            box.append(self._flatten(self.bbox_pred(b), 4))
         return {"cls_logits": cls, "bbox_deltas": box}
 
 
@@ -116,7 +141,8 @@ class RetinaNet(nn.Module):
         self.backbone = build_backbone(cfg)
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.min_level, cfg.max_level)
         self.head = RetinaNetHead(cfg.fpn_channels, cfg.head_channels, cfg.head_convs,
-                                  num_anchors_per_cell(cfg), cfg.num_classes, cfg.head_norm, cfg.prior_prob)
+                                  num_anchors_per_cell(cfg), cfg.num_classes, cfg.head_norm, cfg.prior_prob,
+                                  levels=cfg.max_level - cfg.min_level + 1)
 
     def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
         return self.head(self.fpn(self.backbone(self.normalize(images))))
