@@ -53,6 +53,7 @@ from roofline import _artifact, _images  # noqa: E402
 
 from swdet.table import format_table  # noqa: E402
 
+TOP_NODES = 30  # JSON "top_other_nodes": the slowest non-convolution nodes of each graph
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 LAYOUT_OPS = {"Transpose", "Reshape", "ReorderInput", "ReorderOutput"}
 ORDER = ["input normalization", "backbone", "fpn", "head: cls tower", "head: box tower", "head: outputs",
@@ -150,7 +151,10 @@ def profile(path: Path, feeds: dict, args, tmp: Path) -> dict:
             "conv_counts": {k: counts[k] for k in ("int8", "float", "total")},
             "by_op": by(lambda n, op: op),
             "by_section": by(lambda n, op: sec.get(n) or name_section(n) or "unassigned"),
-            "by_kind": by(lambda n, op: kind.get(n, "other"))}
+            "by_kind": by(lambda n, op: kind.get(n, "other")),
+            # the slowest nodes that are not convolutions: where the float detours are
+            "top_other_nodes": dict([(k, v) for k, v in by(lambda n, op: "" if kind.get(n, "other").endswith("conv")
+                                                          else f"{n} ({op})").items() if k][:TOP_NODES])}
 
 
 def batch_images(data: Path | None, n: int) -> list[bytes]:

@@ -23,7 +23,8 @@ themselves are the IoU-1 candidates) and the share of near-object negatives (IoU
 the selected negatives. The box regression of a two-stage detector learns only from the
 positives its sampler selects.
 
-Runs are grouped by method (the run directory's parent name, e.g. ``.../ohem/seed0`` -> ``ohem``);
+Runs are grouped by method (the run directory's parent name, e.g. ``.../ohem/seed0`` -> ``ohem``,
+``.../ohem__methods.ohem.selection-negatives/seed0`` -> ``ohem (ohem.selection=negatives)``);
 the table shows the mean over a method's runs and each run is kept in the JSON.
 
     python benchmarks/roi_diagnostic.py --data data/synth \\
@@ -44,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from swdet.artifact import load_artifact  # noqa: E402
+from swdet.artifact import load_artifact, resolve_artifact  # noqa: E402
 from swdet.boxes import BoxCoder, box_iou, elementwise_iou  # noqa: E402
 from swdet.config import config_from_dict  # noqa: E402
 from swdet.models.faster_rcnn import ROI_BOX_WEIGHTS  # noqa: E402
@@ -159,11 +160,20 @@ def _batches(cfg, split: str, batches: int, batch_size: int):
         yield torch.stack([x[0] for x in samples]), [x[1] for x in samples]
 
 
+def method_label(run: str) -> str:
+    """The method a run belongs to: its parent directory, overrides shortened
+    (``ohem__methods.ohem.selection-negatives`` -> ``ohem (ohem.selection=negatives)``)."""
+    name = Path(run).parent.name
+    base, _, spec = name.partition("__")
+    spec = "+".join(p.removeprefix("methods.").replace("-", "=", 1) for p in spec.split("+")) if spec else ""
+    return f"{base} ({spec})" if spec else base
+
+
 def table_rows(records: dict[str, dict]) -> list[dict]:
     """One row per method: the mean over its runs."""
     by_method: dict[str, list[dict]] = {}
     for run, res in records.items():
-        by_method.setdefault(Path(run).parent.name, []).append(res)
+        by_method.setdefault(method_label(run), []).append(res)
     rows = []
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     for method, rs in by_method.items():
@@ -189,7 +199,7 @@ def selection_rows(records: dict[str, dict]) -> list[dict]:
     """One row per (method whose weights score the candidates, sampler): mean over the runs."""
     by_method: dict[str, list[dict]] = {}
     for run, res in records.items():
-        by_method.setdefault(Path(run).parent.name, []).append(res["selection"])
+        by_method.setdefault(method_label(run), []).append(res["selection"])
     rows = []
     for method, rs in by_method.items():
         for mode in ("random", "ohem"):
@@ -208,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "roi_diagnostic")
     args = ap.parse_args(argv)
+    for run in args.runs:  # fail before the long loop, not after it
+        resolve_artifact(run)
     torch.manual_seed(0)
     records = {str(run): measure(run, args.data, args.batches, args.batch_size) for run in args.runs}
     first = next(iter(records.values()))

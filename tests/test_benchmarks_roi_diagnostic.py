@@ -30,6 +30,9 @@ def test_summary_of_a_hand_made_proposal_set():
     assert r["corr_pgt_iou_out"] == pytest.approx(float(torch.corrcoef(torch.stack(
         [s["p_gt"][:5], s["iou_out"][:5]]))[0, 1]))
     assert r["corr_pgt_iou_out"] > 0.9
+    # runs are grouped by their parent directory, the methods.py override spelled back
+    assert diag.method_label("r/ohem/seed0") == "ohem"
+    assert diag.method_label("r/ohem__methods.ohem.selection-negatives/seed2") == "ohem (ohem.selection=negatives)"
 
 
 def test_runs_on_a_faster_rcnn_run_directory(tmp_path, synth_data):
