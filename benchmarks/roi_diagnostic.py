@@ -88,18 +88,22 @@ def score_proposals(model, images: torch.Tensor, targets: list[dict]) -> dict[st
     return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
 
+def _mean(x: torch.Tensor) -> float | None:
+    """Mean of a possibly empty selection (None when empty: an empty group has no mean)."""
+    return float(x.float().mean()) if x.numel() else None
+
+
 def summarize(s: dict[str, torch.Tensor]) -> dict:
     """The grouped statistics of :func:`score_proposals`'s output (module docstring)."""
     res: dict = {"proposals": int(s["iou_in"].numel())}
     for lo, hi in POS_BINS:
         m = (s["iou_in"] >= lo) & (s["iou_in"] < hi)
         key = f"pos {lo:.1f}-{min(hi, 1.0):.1f}"
-        res[key] = {"count": int(m.sum()), "p_gt": float(s["p_gt"][m].mean()), "cls_acc": float(s["acc"][m].mean()),
-                    "iou_in": float(s["iou_in"][m].mean()), "iou_out": float(s["iou_out"][m].mean())}
+        res[key] = {"count": int(m.sum()), "p_gt": _mean(s["p_gt"][m]), "cls_acc": _mean(s["acc"][m]),
+                    "iou_in": _mean(s["iou_in"][m]), "iou_out": _mean(s["iou_out"][m])}
     for name, (lo, hi) in NEG_GROUPS.items():
         m = (s["iou_in"] >= lo) & (s["iou_in"] < hi)
-        res[name] = {"count": int(m.sum()), "p_fg": float(s["p_fg"][m].mean()),
-                     "above_thr": float((s["p_fg"][m] > SCORE_THR).float().mean())}
+        res[name] = {"count": int(m.sum()), "p_fg": _mean(s["p_fg"][m]), "above_thr": _mean(s["p_fg"][m] > SCORE_THR)}
     pos = s["iou_in"] >= 0.5
     x, y = s["p_gt"][pos], s["iou_out"][pos]
     res["corr_pgt_iou_out"] = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if int(pos.sum()) > 2 else None
@@ -175,7 +179,9 @@ def table_rows(records: dict[str, dict]) -> list[dict]:
     for run, res in records.items():
         by_method.setdefault(method_label(run), []).append(res)
     rows = []
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    def mean(xs):  # over the runs where the group is not empty
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else float("nan")
     for method, rs in by_method.items():
         row = {"method": method, "runs": len(rs)}
         for lo, hi in POS_BINS:

@@ -30,6 +30,9 @@ def test_summary_of_a_hand_made_proposal_set():
     assert r["corr_pgt_iou_out"] == pytest.approx(float(torch.corrcoef(torch.stack(
         [s["p_gt"][:5], s["iou_out"][:5]]))[0, 1]))
     assert r["corr_pgt_iou_out"] > 0.9
+    # an empty group has no mean (None in the JSON, not NaN)
+    pos_only = diag.summarize({k: v[:5] for k, v in s.items()})
+    assert pos_only["near"] == {"count": 0, "p_fg": None, "above_thr": None}
     # runs are grouped by their parent directory, the methods.py override spelled back
     assert diag.method_label("r/ohem/seed0") == "ohem"
     assert diag.method_label("r/ohem__methods.ohem.selection-negatives/seed2") == "ohem (ohem.selection=negatives)"
@@ -52,5 +55,8 @@ def test_runs_on_a_faster_rcnn_run_directory(tmp_path, synth_data):
     for mode in ("random", "ohem"):
         assert sel[mode]["pos"] + sel[mode]["neg"] <= 2 * 128  # at most roi_batch per image
         assert sel[mode]["neg"] > 0
+        if sel[mode]["pos"]:  # the bins partition the selected positives; the GT boxes are in the top bin
+            assert sum(sel[mode][f"pos {b}"] for b in ("0.5-0.7", "0.7-0.9", "0.9-1.0")) == pytest.approx(1.0)
+            assert sel[mode]["pos IoU 1 (GT boxes)"] <= sel[mode]["pos 0.9-1.0"]
     md = stem.with_suffix(".md").read_text()
     assert "\nohem " in md and "p_gt 0.9-1.0" in md and "sampler" in md  # the run is grouped as "ohem"

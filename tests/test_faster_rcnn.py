@@ -463,3 +463,41 @@ def test_trained_onnx_keeps_torch_ap_and_verify_random_vs_swn(rcnn_runs, synth_d
     ref = reference(rcnn_runs["random"], x, score_threshold=0.0)
     assert ref["num_dets"].min() > 0
     assert_same_detections(ref, run_ort(zero, x), score_tol=1e-4)
+
+
+def test_ohem_selection_negatives_is_wired_to_the_sampler():
+    """``methods.ohem.selection: negatives`` reaches the loss's sampler: the foreground is then a
+    random draw (not the hardest 32), the background still the hardest."""
+    from types import SimpleNamespace
+
+    from swdet.config import load_config
+    from swdet.train.methods import build_methods
+    from swdet.train.rcnn_loss import FasterRCNNLoss, RoIBatch
+
+    n_pos, n_neg = 100, 300
+    labels = torch.cat([torch.zeros(n_pos, dtype=torch.long), torch.full((n_neg,), NEGATIVE)])[None]
+    m = labels.shape[1]
+    cand = RoIBatch(rois=torch.tensor([[0.0, 0.0, 10.0, 10.0]]).expand(1, m, 4).clone(), labels=labels,
+                    gt_index=torch.zeros(1, m, dtype=torch.long), iou=torch.full((1, m), 0.6))
+    # the right-class logit rises with the index: RoI 0 of each kind is the hardest
+    rank = torch.cat([torch.arange(n_pos), torch.arange(n_neg)]).float() / 10
+
+    def box_head(rois):
+        logits = torch.zeros(1, m, 4)  # 3 classes + background (last)
+        logits[0, :n_pos, 0] = rank[:n_pos]
+        logits[0, n_pos:, 3] = rank[n_pos:]
+        return logits, torch.zeros(1, m, 3, 4)
+
+    outputs, assign = {"box_head": box_head}, SimpleNamespace(gt_boxes=torch.tensor([[[0.0, 0.0, 10.0, 10.0]]]))
+    picked = {}
+    for selection in ("mmdet", "negatives"):
+        cfg = load_config(None, ["model=faster_rcnn_tiny", "model.num_classes=3", f"methods.ohem.selection={selection}"])
+        loss = FasterRCNNLoss(cfg, build_methods(["ohem"], cfg.methods, arch="faster_rcnn"), torch.device("cpu"))
+        torch.manual_seed(0)
+        idx, ok = loss.sample(outputs, cand, assign)
+        chosen = idx[0][ok[0]]
+        picked[selection] = (set(chosen[chosen < n_pos].tolist()), set(chosen[chosen >= n_pos].tolist()))
+    hardest_neg = set(range(n_pos, n_pos + 96))
+    assert picked["mmdet"] == (set(range(32)), hardest_neg)
+    pos, neg = picked["negatives"]
+    assert len(pos) == 32 and pos != set(range(32)) and max(pos) >= 32 and neg == hardest_neg
