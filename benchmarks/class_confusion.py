@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -100,11 +102,8 @@ def main() -> None:
                          "class acc": None if acc is None else f"{acc:.3f}"})
     title = "Class-aware vs class-agnostic AP (points) on the val split; class acc: covered GTs labelled right"
     print(format_table(rows, title=title))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "command": "python " + " ".join(sys.argv)},
-                                                        indent=2))
-    args.out.with_suffix(".md").write_text(format_table(rows, title=title, markdown=True)
-                                           + "\n\n`python " + " ".join(sys.argv) + "`\n")
+    write_results(args.out, {"rows": rows, "command": "python " + " ".join(sys.argv)},
+                  format_table(rows, title=title, markdown=True) + "\n\n`python " + " ".join(sys.argv) + "`\n")
 
 
 if __name__ == "__main__":

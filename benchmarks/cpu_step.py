@@ -16,7 +16,6 @@ Results: ``benchmarks/results/cpu_step.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,9 +118,7 @@ def main() -> None:
              f"native bf16: {cpu_has_native_bf16()} ({cpu})")
     text = format_table(rows, title=title)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows, "times_s": times}, indent=1))
-    args.out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
+    write_results(args.out, {"title": title, "rows": rows, "times_s": times}, text, fenced=True, indent=1)
 
 
 if __name__ == "__main__":

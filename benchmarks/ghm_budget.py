@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from _results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -140,10 +142,8 @@ def main() -> None:
              f"'mean score' rows: the detector's mean sigmoid score per group")
     text = format_table(rows, title=title)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"groups": list(GROUPS), "counts": counts,
-                                                         "runs": records}, indent=1))
-    args.out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
+    write_results(args.out, {"groups": list(GROUPS), "counts": counts, "runs": records}, text, fenced=True,
+                  indent=1)
 
 
 if __name__ == "__main__":

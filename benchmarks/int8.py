@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_results
+
 GOAL_AP_DROP = 0.01  # 1.0 AP point (AP is a fraction)
 GOAL_SPEEDUP = 1.5  # throughput at batch 8
 
@@ -222,10 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     md = to_markdown(result)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(md)
-    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+    write_results(args.out, result, md)
     return 0
 
 

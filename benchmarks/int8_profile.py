@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -264,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     md = to_markdown(result)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
-    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+    write_results(args.out, result, md)
     return 0
 
 

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from _results import result_paths, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -387,8 +389,8 @@ def main() -> None:
     step = {} if (args.accuracy_only or args.table_only) else time_steps(args, specs)
     stem = args.out / (args.table or table_stem(args.out, name, specs))
     step_from = "this run" if step else None
-    if not step and stem.with_suffix(".json").is_file():  # no timing now: keep the last timing run's
-        prev = json.loads(stem.with_suffix(".json").read_text())
+    if not step and result_paths(stem)[0].is_file():  # no timing now: keep the last timing run's
+        prev = json.loads(result_paths(stem)[0].read_text())
         step = {k: v for k, v in prev.get("step_ms", {}).items() if k in specs}
         step_from = prev.get("step_from") if prev.get("step_from") not in (None, "this run") else prev.get("command")
     recs = {s: load_records(args, s) for s in specs}
@@ -400,16 +402,14 @@ def main() -> None:
              + (f"; overrides: {' '.join(args.sets)}" if args.sets else ""))
     table = format_table(rows, title=title)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(
+    write_results(
+        stem,
         {"rows": rows, "iters": iters, "seeds": seeds, "device": device, "sets": args.sets,
          "command": "python " + " ".join(sys.argv), "torch": torch.__version__, "step_ms": step,
          "step_from": step_from,
          "records": str(args.records.relative_to(ROOT)) if args.records.is_relative_to(ROOT) else str(args.records)},
-        indent=2))
-    stem.with_suffix(".md").write_text(format_table(rows, title=title, markdown=True) + "\n\n`python "
-                                       + " ".join(sys.argv) + "`\n"
-                                       + (f"\nStep times from: `{step_from}`\n" if step and step_from != "this run" else ""))
+        format_table(rows, title=title, markdown=True) + "\n\n`python " + " ".join(sys.argv) + "`\n"
+        + (f"\nStep times from: `{step_from}`\n" if step and step_from != "this run" else ""), quiet=True)
 
 
 if __name__ == "__main__":

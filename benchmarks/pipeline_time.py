@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -95,11 +97,9 @@ def main() -> None:
              f"[{min(ratios):.2f}, {max(ratios):.2f}]; baseline median {statistics.median(base):.1f} s, "
              f"candidate median {statistics.median(cand):.1f} s")
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"title": title, "rows": rows, "speedup_per_round": ratios,
-         "stage_times_s": {f"{w}_{r}": s.get("stage_times_s") for w, r, s in runs}}, indent=1))
-    args.out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
+    write_results(args.out, {"title": title, "rows": rows, "speedup_per_round": ratios,
+                             "stage_times_s": {f"{w}_{r}": s.get("stage_times_s") for w, r, s in runs}},
+                  text, fenced=True, indent=1)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from _results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -241,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (format_table(table_rows(records), title=title) + "\n\n"
             + format_table(selection_rows(records), title=sel_title))
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"runs": records}, indent=1))
-    args.out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
+    write_results(args.out, {"runs": records}, text, fenced=True, indent=1)
     return 0
 
 

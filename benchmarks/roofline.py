@@ -33,7 +33,6 @@ weights, except the post-processing in ``--end-to-end``). Writes ``--out`` ``.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _results import write_results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,10 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     md = to_markdown(result)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
-    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+    write_results(args.out, result, md)
     return 0
 
 

@@ -22,12 +22,13 @@ Writes ``benchmarks/results/runtimes.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import write_results
 
 GOAL_ORT_SPEEDUP = 1.3
 
@@ -192,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
               "goal": f"onnxruntime >= {GOAL_ORT_SPEEDUP}x torch eager on CPU", "quick": bool(args.quick), "rows": rows}
     md = to_markdown(result)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
-    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+    write_results(args.out, result, md)
     return 0
 
 

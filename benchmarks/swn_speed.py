@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from _results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -105,13 +106,10 @@ def main() -> None:
                 im, a = assigned[m][0]
                 trainers[m].step(im, a, 1000)
             print(f"\n{m}: one step\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"swn_speed_{args.arch}"
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "max_loss_diff": max(diffs), "loss_diffs": diffs,
-                                                     "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                                     "command": "python " + " ".join(sys.argv)}, indent=2))
-    stem.with_suffix(".md").write_text(format_table(rows, title=title, markdown=True) + "\n\n`python "
-                                       + " ".join(sys.argv) + "`\n")
+    write_results(args.out / f"swn_speed_{args.arch}",
+                  {"rows": rows, "max_loss_diff": max(diffs), "loss_diffs": diffs, "threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "command": "python " + " ".join(sys.argv)},
+                  format_table(rows, title=title, markdown=True) + "\n\n`python " + " ".join(sys.argv) + "`\n")
 
 
 if __name__ == "__main__":

@@ -31,13 +31,14 @@ Writes ``benchmarks/results/threshold.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _results import write_results
 
 THRESHOLDS = (("auto", "auto"), ("0", 0.0), ("0.05", 0.05))
 
@@ -197,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                        "post_speedup": round(speed, 3), "speed_met": speed >= 1.5}
     md = to_markdown(res)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(md)
-    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+    write_results(args.out, res, md)
     return 0
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -199,11 +201,8 @@ def main() -> None:
     table = format_table(rows, title=f"train step: swdet vs torchvision RetinaNet ({device.type}, "
                                      f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"train_speed_{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "torch": torch.__version__,
-                                                     "threads": torch.get_num_threads()}, indent=2))
-    stem.with_suffix(".md").write_text("```\n" + table + "\n```\n")
+    write_results(args.out / f"train_speed_{device.type}",
+                  {"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}, table, fenced=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ vectorized IoU-HLR at least 10x faster than the loop.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -27,6 +26,8 @@ import torch
 
 from swdet.train import losses as L
 from swdet.train import weighting as W
+
+from _results import write_results
 
 GOAL_SPEEDUP = 10.0
 
@@ -198,11 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['function']} | {r['inputs']} | {r['median_ms']:.3f} | {r['repeats']} |" for r in rows]
     md = "\n".join(lines) + "\n"
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
     print(md)
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    write_results(args.out, result, md)
     return 0 if result["goal_met"] else 1
 
 

@@ -76,7 +76,11 @@ def load_benchmark(name: str):
     """A script under benchmarks/ (not a package) imported as a module, for its tests."""
     import importlib.util
 
+    import sys
+
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if str(path.parent) not in sys.path:  # as running the script has it: its helpers (_results) import
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(f"swdet_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -2,7 +2,8 @@
 
 ``ResNetBackbone`` wraps torchvision's ResNet-18/34/50 (ImageNet weights from torchvision when
 reachable or from a local file); ``TinyBackbone`` is a 4-stage ResNet-style network narrow enough
-to train from scratch on two CPU cores.
+to train from scratch on two CPU cores (or to start from the backbone of an earlier run:
+``model.pretrained=runs/x/checkpoints/last.pt``).
 """
 
 from __future__ import annotations
@@ -106,11 +107,44 @@ class TinyBlock(nn.Module):
         return self.act(self.bn2(self.conv2(self.conv1(x))) + self.proj(x))
 
 
+def _tiny_state(pretrained: str) -> dict | None:
+    """The tiny backbone's weights from ``pretrained``: ``"none"`` (random init) or a file read
+    with ``torch.load(weights_only=True)`` (or safetensors) holding the backbone's state dict, or
+    a whole detector's (an swdet checkpoint's ``"model"``, a run's ``model.safetensors``), whose
+    ``backbone.`` entries are taken. There are no ImageNet weights for it."""
+    if pretrained in ("none", "auto", "", None):
+        return None
+    if pretrained == "imagenet":
+        raise SwdetError("model.pretrained=imagenet: there are no ImageNet weights for the tiny backbone "
+                         "(use none, or a path to an earlier run's checkpoint)")
+    path = Path(pretrained)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise SwdetError(f"{path}: backbone weights file not found")
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user error
+            raise SwdetError(f"{path}: cannot read backbone weights ({type(e).__name__})") from None
+    else:
+        state = _load_pretrained("tiny", pretrained)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+    if not isinstance(state, dict):
+        raise SwdetError(f"{path}: not a state dict")
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
 class TinyBackbone(nn.Module):
     """Stem (stride 4), then four stages of widths ``w, 2w, 4w, 8w`` (the last three stride 2)
-    with ``blocks[i]`` basic blocks each; returns C3..C5."""
+    with ``blocks[i]`` basic blocks each; returns C3..C5. ``pretrained``: see :func:`_tiny_state`
+    (every stage stays trainable)."""
 
-    def __init__(self, width: int = 24, blocks: tuple[int, ...] | list[int] = (1, 1, 1, 1)):
+    def __init__(self, width: int = 24, blocks: tuple[int, ...] | list[int] = (1, 1, 1, 1),
+                 pretrained: str = "none"):
         super().__init__()
         w = width
         self.stem = nn.Sequential(_conv_bn(3, w // 2, 2), _conv_bn(w // 2, w, 2))
@@ -127,6 +161,14 @@ class TinyBackbone(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        state = _tiny_state(pretrained)
+        if state is not None:
+            try:
+                self.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+                raise SwdetError(f"{pretrained}: backbone weights do not fit the tiny backbone "
+                                 f"(width {width}, blocks {list(blocks)}): {first}") from None
 
     def forward(self, x: Tensor) -> list[Tensor]:
         c3 = self.layer2(self.layer1(self.stem(x)))
@@ -137,5 +179,5 @@ class TinyBackbone(nn.Module):
 
 def build_backbone(cfg) -> nn.Module:
     if cfg.backbone == "tiny":
-        return TinyBackbone(cfg.backbone_width, cfg.backbone_blocks)
+        return TinyBackbone(cfg.backbone_width, cfg.backbone_blocks, cfg.pretrained)
     return ResNetBackbone(cfg.backbone, cfg.pretrained, cfg.frozen_stages, cfg.backbone_norm)
