@@ -289,11 +289,13 @@ def table_stem(out: Path, name: str, specs: list[str]) -> str:
     return stem
 
 
-def load_records(args, spec: str) -> list[dict]:
+def load_records(args, spec: str, seeds: list[int] | None = None) -> list[dict]:
+    """The records of ``spec`` under this recipe, of ``seeds`` only (None: every seed recorded):
+    a table titled "seeds 3,4,5" holds no other seed, even where a method has more."""
     out = []
     for p in sorted(args.records.glob(f"{glob.escape(slug(spec))}__seed*.json")):  # specs may hold [ ]
         rec = json.loads(p.read_text())
-        if all(rec.get(k) == v for k, v in settings(args, spec).items()):
+        if all(rec.get(k) == v for k, v in settings(args, spec).items()) and (seeds is None or rec.get("seed") in seeds):
             out.append(rec)
     return out
 
@@ -393,7 +395,7 @@ def main() -> None:
         prev = json.loads(result_paths(stem)[0].read_text())
         step = {k: v for k, v in prev.get("step_ms", {}).items() if k in specs}
         step_from = prev.get("step_from") if prev.get("step_from") not in (None, "this run") else prev.get("command")
-    recs = {s: load_records(args, s) for s in specs}
+    recs = {s: load_records(args, s, seeds) for s in specs}
     rows = summarize(specs, base, recs, step)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     iters = args.iters or config(args.arch, base, args.data, 0, args.sets).train.iters

@@ -32,3 +32,17 @@ def test_load_records_finds_a_spec_with_brackets(tmp_path):
     (tmp_path / f"{methods.slug(spec)}__seed1.json").write_text(json.dumps(other))
     found = methods.load_records(args, spec)
     assert [r["seed"] for r in found] == [0]  # the matching record, and only it
+
+
+def test_a_table_holds_only_its_seeds(tmp_path):
+    """Records of seeds 0-5 and a table over seeds 3,4,5: the rows are those three seeds (the
+    title names them), not every seed recorded."""
+    import argparse
+
+    methods = load_benchmark("methods")
+    args = argparse.Namespace(arch="retinanet", data=tmp_path / "data", iters=20, sets=[], records=tmp_path)
+    for seed in range(6):
+        rec = {**methods.settings(args, "focal"), "seed": seed, "AP": 0.4}
+        (tmp_path / f"focal__seed{seed}.json").write_text(json.dumps(rec))
+    assert [r["seed"] for r in methods.load_records(args, "focal", [3, 4, 5])] == [3, 4, 5]
+    assert len(methods.load_records(args, "focal")) == 6

@@ -94,7 +94,6 @@ class RetinaNetHead(nn.Module):
                  norm: str = "none", prior_prob: float = 0.01, levels: int = 1):
         super().__init__()
         self.num_anchors, self.num_classes = num_anchors, num_classes
-        self.per_level = norm == "bn"
         self.input_proj = nn.Identity() if in_channels == channels else nn.Conv2d(in_channels, channels, 1)
         self.cls_subnet = _subnet(channels, convs, norm, levels)
         self.box_subnet = _subnet(channels, convs, norm, levels)
@@ -108,6 +107,11 @@ class RetinaNetHead(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         self.set_prior(prior_prob)
+
+    @property
+    def per_level(self) -> bool:
+        """The towers take the level index (one BatchNorm per level: ``head_norm: bn``)."""
+        return isinstance(self.cls_subnet, LevelBNSubnet)
 
     @torch.no_grad()
     def set_prior(self, prior_prob: float) -> None:
