@@ -1,4 +1,5 @@
-"""Where every benchmark script writes its results: ``<out>.json`` (the data) and ``<out>.md``
+"""Where the benchmark scripts write their results (all but gpu.py and roi_align_speed.py, which
+write fixed names into a folder): ``<out>.json`` (the data) and ``<out>.md``
 (the table to quote), next to each other under ``benchmarks/results/``.
 
 ``out`` is a stem: the suffixes are appended, so a dot in it stays (``int8_head_bn_lr0.004``

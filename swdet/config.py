@@ -42,8 +42,8 @@ class ModelConfig:
     backbone: str = "tiny"  # tiny | resnet18 | resnet34 | resnet50
     # Backbone weights: "auto" = ImageNet from torchvision when reachable, else random init with a
     # notice; "imagenet" = required; "none" = random init; or a path to a torchvision state dict.
-    # The tiny backbone: "none" or a path to the backbone of an earlier run (its checkpoint or
-    # model.safetensors, whose backbone.* entries are taken).
+    # The tiny backbone: "none" (also what "auto" means for it, silently) or a path to the backbone
+    # of an earlier run (its checkpoint or model.safetensors, whose backbone.* entries are taken).
     pretrained: str = "none"
     frozen_stages: int = 1  # ResNet stages frozen when pretrained (stem + layer1, as in the papers)
     backbone_norm: str = "bn"  # bn | frozen_bn

@@ -80,7 +80,7 @@ def load_benchmark(name: str):
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     if str(path.parent) not in sys.path:  # as running the script has it: its helpers (_results) import
-        sys.path.insert(0, str(path.parent))
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(f"swdet_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -78,3 +78,17 @@ def test_train_names_a_missing_weights_file_in_one_line(synth_data, tmp_path):
     res = run("train", str(CONFIG), "--data", str(synth_data), "--out", str(tmp_path / "o"), "--quiet",
               "--set", f"model.pretrained={missing}", "--set", "train.iters=1")
     assert_one_line_error(res, "nope.pt: backbone weights file not found")
+
+
+def test_resuming_does_not_read_the_initial_weights_again(donor, synth_data, tmp_path):
+    """The checkpoint holds every weight: a run started from another run's backbone resumes after
+    that file is gone."""
+    from swdet.train.engine import Trainer, train
+
+    path = tmp_path / "donor.pt"
+    torch.save({"model": donor.state_dict()}, path)
+    cfg = load_config(CONFIG, [*SMALL, f"data.root={synth_data}", f"model.pretrained={path}", "train.iters=1",
+                               "train.batch_size=2", "data.workers=0"])
+    train(cfg, tmp_path / "run", progress=False, evaluate=False)
+    path.unlink()
+    Trainer(cfg, tmp_path / "run", resume=True, progress=False).setup()  # raised "file not found" before

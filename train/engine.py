@@ -24,6 +24,7 @@ Faster R-CNN step has one (the positive RoIs' selection; see :mod:`swdet.train.r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -127,7 +128,8 @@ class Trainer:
         for w in self.methods.warnings:
             if rt.is_main:
                 warnings.warn(w, stacklevel=1)
-        detector = build_model(cfg.model)
+        # resuming: every weight comes from the checkpoint, so the initial backbone file is not read again
+        detector = build_model(dataclasses.replace(cfg.model, pretrained="none") if self.resume else cfg.model)
         self.loss = build_detector_loss(cfg, self.methods, self.device)
 
         # Sampling-Free statistics: N_f and N from matching anchors to every training image once.

@@ -135,6 +135,8 @@ def _tiny_state(pretrained: str) -> dict | None:
         raise SwdetError(f"{path}: not a state dict")
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    elif any("." in k and k.split(".")[0] in ("fpn", "head", "rpn", "roi_heads") for k in state):
+        raise SwdetError(f"{path}: a detector's weights without backbone.* entries")
     return state
 
 
@@ -163,12 +165,16 @@ class TinyBackbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         state = _tiny_state(pretrained)
         if state is not None:
-            try:
-                self.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-                raise SwdetError(f"{pretrained}: backbone weights do not fit the tiny backbone "
-                                 f"(width {width}, blocks {list(blocks)}): {first}") from None
+            own = self.state_dict()
+            missing = [k for k in own if k not in state]
+            unexpected = [k for k in state if k not in own]
+            misfit = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch for", misfit)):
+                if keys:
+                    more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+                    raise SwdetError(f"{pretrained}: backbone weights do not fit the tiny backbone "
+                                     f"(width {width}, blocks {list(blocks)}): {what} {keys[0]}{more}")
+            self.load_state_dict(state, strict=True)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         c3 = self.layer2(self.layer1(self.stem(x)))
