@@ -391,8 +391,9 @@ def main() -> None:
     step = {} if (args.accuracy_only or args.table_only) else time_steps(args, specs)
     stem = args.out / (args.table or table_stem(args.out, name, specs))
     step_from = "this run" if step else None
-    if not step and result_paths(stem)[0].is_file():  # no timing now: keep the last timing run's
-        prev = json.loads(result_paths(stem)[0].read_text())
+    prev_json = result_paths(stem)[0]
+    if not step and prev_json.is_file():  # no timing now: keep the last timing run's
+        prev = json.loads(prev_json.read_text())
         step = {k: v for k, v in prev.get("step_ms", {}).items() if k in specs}
         step_from = prev.get("step_from") if prev.get("step_from") not in (None, "this run") else prev.get("command")
     recs = {s: load_records(args, s, seeds) for s in specs}

@@ -27,7 +27,8 @@ _RESNETS = {
 
 
 def _load_pretrained(name: str, pretrained: str) -> dict | None:
-    """ImageNet weights for ``name``: a local file, torchvision's download, or None (random init)."""
+    """ImageNet weights for ``name``: a local file (``torch.load(weights_only=True)``, or
+    safetensors), torchvision's download, or None (random init)."""
     if pretrained in ("none", "", None):
         return None
     if pretrained not in ("auto", "imagenet"):
@@ -35,7 +36,12 @@ def _load_pretrained(name: str, pretrained: str) -> dict | None:
         if not path.is_file():
             raise SwdetError(f"{path}: backbone weights file not found")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
             raise SwdetError(f"{path}: cannot read backbone weights ({type(e).__name__})") from None
         return state.get("state_dict", state) if isinstance(state, dict) else None
@@ -117,26 +123,15 @@ def _tiny_state(pretrained: str) -> dict | None:
     if pretrained == "imagenet":
         raise SwdetError("model.pretrained=imagenet: there are no ImageNet weights for the tiny backbone "
                          "(use none, or a path to an earlier run's checkpoint)")
-    path = Path(pretrained)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise SwdetError(f"{path}: backbone weights file not found")
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user error
-            raise SwdetError(f"{path}: cannot read backbone weights ({type(e).__name__})") from None
-    else:
-        state = _load_pretrained("tiny", pretrained)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
+    state = _load_pretrained("tiny", pretrained)  # a path: .pt (weights only) or .safetensors
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # an swdet checkpoint
+        state = state["model"]
     if not isinstance(state, dict):
-        raise SwdetError(f"{path}: not a state dict")
+        raise SwdetError(f"{pretrained}: not a state dict")
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    elif any("." in k and k.split(".")[0] in ("fpn", "head", "rpn", "roi_heads") for k in state):
-        raise SwdetError(f"{path}: a detector's weights without backbone.* entries")
+    elif any(k.split(".")[0] in ("fpn", "head", "rpn", "roi_heads") for k in state):
+        raise SwdetError(f"{pretrained}: a detector's weights without backbone.* entries")
     return state
 
 
