@@ -118,7 +118,7 @@ class TrainConfig:
 @dataclass
 class LossConfig:
     method: list[str] = field(default_factory=lambda: ["focal"])
-    reg_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou
+    reg_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou | ghm_r (RetinaNet; methods.ghm_r)
     smooth_l1_beta: float = 1.0 / 9
     reg_weight: float = 1.0
     fg_iou: float = 0.5
@@ -167,6 +167,18 @@ class GHMParams:
     bins: int = 30
     momentum: float = 0.75
     per_level: bool = True
+
+
+@dataclass
+class GHMRParams:
+    """GHM-R (``loss.reg_loss: ghm_r``, RetinaNet), as in the authors' mmdetection code: the
+    authentic smooth L1 ``sqrt(d² + mu²) - mu`` harmonized by a histogram of its gradient norms,
+    ``bins`` regions per FPN level, one running average (momentum) shared by the level calls.
+    Their RetinaNet config pairs it with ``loss.reg_weight: 10``."""
+
+    mu: float = 0.02
+    bins: int = 10
+    momentum: float = 0.7
 
 
 @dataclass
@@ -258,6 +270,7 @@ class OHEMParams:
 class MethodParams:
     focal: FocalParams = field(default_factory=FocalParams)
     ghm: GHMParams = field(default_factory=GHMParams)
+    ghm_r: GHMRParams = field(default_factory=GHMRParams)
     pisa: PisaParams = field(default_factory=PisaParams)
     iou_balanced: IoUBalancedParams = field(default_factory=IoUBalancedParams)
     sampling_free: SamplingFreeParams = field(default_factory=SamplingFreeParams)
@@ -676,7 +689,15 @@ def validate(cfg: Config, source: str = "config") -> None:
         (0 < cfg.methods.ohem.nms_iou <= 1, "methods.ohem.nms_iou", "in (0, 1]"),
         (cfg.methods.ghm.bins >= 1, "methods.ghm.bins", "at least 1"),
         (0 <= cfg.methods.ghm.momentum < 1, "methods.ghm.momentum", "in [0, 1)"),
-        (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou"), "loss.reg_loss", "smooth_l1, l1 or giou"),
+        (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou", "ghm_r"), "loss.reg_loss", "smooth_l1, l1, giou or ghm_r"),
+        (cfg.loss.reg_loss != "ghm_r" or not two_stage, "loss.reg_loss",
+         "smooth_l1, l1 or giou for a two-stage model (ghm_r is RetinaNet's)"),
+        (cfg.loss.reg_loss != "ghm_r" or "swn" not in {n.strip().lower() for m in cfg.loss.method
+                                                      for n in str(m).split(",")}, "loss.reg_loss",
+         "not ghm_r with swn (GHM-R normalizes itself; SWN's terms need per-sample losses)"),
+        (cfg.methods.ghm_r.mu > 0, "methods.ghm_r.mu", "positive"),
+        (cfg.methods.ghm_r.bins >= 1, "methods.ghm_r.bins", "at least 1"),
+        (0 <= cfg.methods.ghm_r.momentum < 1, "methods.ghm_r.momentum", "in [0, 1)"),
         (len(cfg.loss.method) >= 1, "loss.method", "at least one method"),
     ]
     if two_stage:

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from swdet.train.losses import binary_cross_entropy, ghm_c_loss, giou_loss, l1, sigmoid_focal_loss, smooth_l1
+from swdet.train.losses import (binary_cross_entropy, ghm_c_loss, ghm_r_loss, giou_loss, l1, sigmoid_focal_loss,
+                                 smooth_l1)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -149,6 +150,40 @@ def test_ghm_c_loss_multiclass_gradient_and_empty():
     torch.testing.assert_close(x.grad, w * (torch.sigmoid(x.detach()) - t))
     loss, acc = ghm_c_loss(torch.zeros(0, 3), torch.zeros(0, 3))
     assert loss.shape == (0, 3) and acc.shape == (30,)
+
+
+def test_ghm_r_loss_hand_values_per_level_with_running_average():
+    """Hand-computed GHM-R: two levels, 10 regions, momentum 0.7 from zero; the gradient norm of
+    ASL1 is |d| / sqrt(d² + μ²)."""
+    mu = 0.02
+    pred = torch.tensor([[0.0, 0.1, -0.5, 0.01], [0.3, 0.0, 0.0, 2.0]], requires_grad=True)
+    target = torch.zeros(2, 4)
+    loss, acc = ghm_r_loss(pred, target, mu=mu, bins=10, momentum=0.7, levels=torch.tensor([0, 1]), num_levels=2)
+    asl1 = torch.sqrt(pred.detach() ** 2 + mu * mu) - mu
+    # level 0: gr = 0, 0.981, 0.999, 0.447 -> regions 0, 9, 9, 4: R = {0: 1, 4: 1, 9: 2}, n = 3;
+    #   S = 0.3·R = {0: 0.3, 4: 0.3, 9: 0.6}
+    # level 1: gr = 0.998, 0, 0, 1.000 -> regions 9, 0, 0, 9: R = {0: 2, 9: 2}, n = 2;
+    #   S_0 = 0.7·0.3 + 0.3·2 = 0.81, S_9 = 0.7·0.6 + 0.3·2 = 1.02, S_4 stays 0.3
+    factor = torch.tensor([[1 / (3 * 0.3), 1 / (3 * 0.6), 1 / (3 * 0.6), 1 / (3 * 0.3)],
+                           [1 / (2 * 1.02), 1 / (2 * 0.81), 1 / (2 * 0.81), 1 / (2 * 1.02)]])
+    torch.testing.assert_close(loss, asl1 * factor)
+    expected_acc = torch.zeros(10)
+    expected_acc[[0, 4, 9]] = torch.tensor([0.81, 0.3, 1.02])
+    torch.testing.assert_close(acc, expected_acc)
+    # the weights carry no gradient: d(w·ASL1)/dd = w · d / sqrt(d² + μ²)
+    loss.sum().backward()
+    d = pred.detach()
+    torch.testing.assert_close(pred.grad, factor * d / torch.sqrt(d * d + mu * mu))
+    # no EMA, one histogram: R = {0: 3, 4: 1, 9: 4}, n = 3, weight 1 / (3 · R)
+    flat, acc0 = ghm_r_loss(pred.detach(), target, mu=mu, bins=10, momentum=0.0)
+    r = torch.tensor([[3.0, 4, 4, 1], [4, 3, 3, 4]])
+    torch.testing.assert_close(flat, asl1 / (3 * r))
+    assert float(acc0.abs().sum()) == 0.0
+    # no positives: an empty loss, the running average unchanged
+    empty, acc2 = ghm_r_loss(torch.zeros(0, 4), torch.zeros(0, 4), acc_sum=acc, levels=torch.zeros(0, dtype=torch.long),
+                             num_levels=2)
+    assert empty.shape == (0, 4)
+    torch.testing.assert_close(acc2, acc)
 
 
 # ---------------------------------------------------------------------------------------------

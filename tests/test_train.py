@@ -131,6 +131,8 @@ def test_ddp_two_cpu_processes_gloo(synth_data, tmp_path):
     (["--model", "retinanet_huge"], "unknown model"),
     (["--iters", "-5"], "non-negative"),
     (["--method", "focal,bce"], "both base losses"),
+    (["--set", "loss.reg_loss=ghm_r", "--model", "faster_rcnn_tiny"], "ghm_r is RetinaNet's"),
+    (["--method", "pisa,swn", "--set", "loss.reg_loss=ghm_r"], "not ghm_r with swn"),
 ])
 def test_bad_training_options_are_one_line(synth_data, tmp_path, capsys, args, needle):
     rc = main(["train", "--data", str(synth_data), "--out", str(tmp_path / "x"), "--iters", "2", *TINY_TRAIN, *args])
@@ -149,6 +151,29 @@ def test_bad_dataset_paths_are_one_line(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path / "d"), "--iters", "2", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc != 0 and "instances_train.json" in err and "Traceback" not in err
+
+
+def test_ghm_c_with_ghm_r_trains_and_keeps_both_running_averages(synth_data, tmp_path):
+    """The GHM paper's pair (GHM-C + GHM-R, the authors' RetinaNet config) trains; both running
+    averages are in the checkpoint and a resumed run picks them up."""
+    from swdet.config import load_config
+    from swdet.train.engine import Trainer
+
+    out = tmp_path / "ghm"
+    rc = main(["train", "--data", str(synth_data), "--iters", "3", "--out", str(out), *TINY_TRAIN, "--no-eval",
+               "--method", "ghm", "--set", "loss.reg_loss=ghm_r", "--set", "loss.reg_weight=10"])
+    assert rc == 0
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["loss"]
+    cls_acc, reg_acc = state["cls_loss"]["acc_sum"], state["reg_loss"]["acc_sum"]
+    assert cls_acc.shape == (30,) and reg_acc.shape == (10,)
+    assert float(cls_acc.sum()) > 0 and float(reg_acc.sum()) > 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(0 < r["reg"] < float("inf") for r in rows)
+    cfg = load_config(None, ["model=retinanet_tiny", "model.imgsz=128", f"data.root={synth_data}", "train.iters=4",
+                             "train.batch_size=4", "data.workers=0", "loss.method=ghm", "loss.reg_loss=ghm_r"])
+    trainer = Trainer(cfg, out, resume=True, progress=False)
+    trainer.setup()
+    torch.testing.assert_close(trainer.loss.reg_loss.acc_sum, reg_acc)
 
 
 def test_adamw_and_deeper_tiny_backbone_train(synth_data, tmp_path):

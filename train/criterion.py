@@ -4,7 +4,8 @@
 
 ``L_i^cls`` is the element-wise base classification loss (focal, BCE or GHM-C) over every
 non-ignored sample and class, ``L_i^reg`` the per-positive regression loss (smooth L1 on the
-deltas, L1, or GIoU on the decoded boxes); ``N1 = N2 = max(P, 1)`` (GHM-C normalizes itself).
+deltas, L1, GIoU on the decoded boxes, or GHM-R); ``N1 = N2 = max(P, 1)`` (GHM-C and GHM-R normalize
+themselves: their sums are the loss).
 Each method's weights multiply in the order the methods are given; see
 :mod:`swdet.train.methods.base` for the protocol.
 """
@@ -74,6 +75,39 @@ def regression_loss(kind: str, rec: SampleRecord, beta: float) -> Tensor:
     raise ValueError(f"unknown regression loss {kind!r}")
 
 
+class RegressionLoss:
+    """Per-positive regression loss per coordinate: the stateless kinds of :func:`regression_loss`
+    or ``ghm_r`` (GHM-R, :func:`swdet.train.losses.ghm_r_loss`: per FPN level, with a running
+    average that must survive ``--resume``; it normalizes itself, so the criterion sums it instead
+    of dividing by the number of positives)."""
+
+    def __init__(self, kind: str = "smooth_l1", *, beta: float = 1.0 / 9, mu: float = 0.02, bins: int = 10,
+                 momentum: float = 0.7):
+        if kind not in ("smooth_l1", "l1", "giou", "ghm_r"):
+            raise ValueError(f"unknown regression loss {kind!r}")
+        self.kind, self.beta, self.mu, self.bins, self.momentum = kind, beta, mu, bins, momentum
+        self.acc_sum: Tensor | None = None  # GHM-R's running average of the gradient-norm histogram
+
+    @property
+    def self_normalized(self) -> bool:
+        return self.kind == "ghm_r"
+
+    def __call__(self, rec: SampleRecord) -> Tensor:
+        if self.kind != "ghm_r":
+            return regression_loss(self.kind, rec, self.beta)
+        levels = None if rec.levels is None else rec.levels[rec.pos_idx]
+        loss, self.acc_sum = L.ghm_r_loss(rec.pred_deltas, rec.target_deltas, mu=self.mu, bins=self.bins,
+                                          momentum=self.momentum, acc_sum=self.acc_sum, levels=levels,
+                                          num_levels=rec.num_levels if levels is not None else 1)
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"acc_sum": self.acc_sum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.acc_sum = state.get("acc_sum")
+
+
 def _num_pos(p: int, device) -> Tensor:
     # torch.full launches a fill kernel with a host scalar: no host-to-device copy, no sync
     n = torch.full((), float(p), device=device)
@@ -122,14 +156,19 @@ class WeightedLoss:
     ``parts`` holds the detached components (``cls``, ``reg`` and each extra term) for logging.
     """
 
-    def __init__(self, cls_loss: ClassificationLoss, methods: list[Method], *, reg_loss: str = "smooth_l1",
-                 beta: float = 1.0 / 9, reg_weight: float = 1.0, prefix: str = ""):
+    def __init__(self, cls_loss: ClassificationLoss, methods: list[Method], *,
+                 reg_loss: str | RegressionLoss = "smooth_l1", beta: float = 1.0 / 9, reg_weight: float = 1.0,
+                 prefix: str = ""):
         self.cls_loss = cls_loss
         self.methods = list(methods)
-        self.reg_kind, self.beta, self.reg_weight, self.prefix = reg_loss, beta, reg_weight, prefix
+        self.reg_loss = reg_loss if isinstance(reg_loss, RegressionLoss) else RegressionLoss(reg_loss, beta=beta)
+        self.reg_weight, self.prefix = reg_weight, prefix
         reducers = [m for m in self.methods if type(m).reduce is not Method.reduce]
         if len(reducers) > 1:
             raise ValueError(f"methods {[m.name for m in reducers]} both replace the loss reduction")
+        if reducers and self.reg_loss.self_normalized:
+            raise ValueError(f"method {reducers[0].name} replaces the loss reduction, which GHM-R's "
+                             "self-normalized loss does not allow")
         softs = [m for m in self.methods if type(m).soft_targets is not Method.soft_targets]
         if len(softs) > 1:
             raise ValueError(f"methods {[m.name for m in softs]} both set soft targets")
@@ -146,7 +185,7 @@ class WeightedLoss:
 
     def __call__(self, rec: SampleRecord) -> tuple[Tensor, dict[str, Tensor]]:
         cls_elem = self.cls_loss(rec.logits.float(), self.targets(rec), rec.valid, rec.levels, rec.num_levels)
-        reg_elem = regression_loss(self.reg_kind, rec, self.beta)
+        reg_elem = self.reg_loss(rec)
         reg = reg_elem.sum(1)
         extra: dict[str, Tensor] = {}
         for m in self.methods:
@@ -168,7 +207,7 @@ class WeightedLoss:
             extra.update(more)
         else:
             cls_loss = cls_elem.sum() if self.cls_loss.self_normalized else cls_elem.sum() / rec.num_pos
-            reg_loss = reg.sum() / rec.num_pos
+            reg_loss = reg.sum() if self.reg_loss.self_normalized else reg.sum() / rec.num_pos
         losses = {"cls": cls_loss, "reg": self.reg_weight * reg_loss, **extra}
         for m in self.methods:
             losses = m.finalize(losses, rec)

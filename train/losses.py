@@ -20,6 +20,8 @@ __all__ = [
     "binary_cross_entropy",
     "softmax_cross_entropy",
     "ghm_c_loss",
+    "ghm_r_loss",
+    "harmonizing_weights",
     "smooth_l1",
     "l1",
     "giou_loss",
@@ -130,38 +132,96 @@ def ghm_c_loss(
         ``(loss [N, C], new_acc_sum [bins])``; keep ``new_acc_sum`` for the next call.
     """
     targets = targets.to(logits.dtype)
-    device = logits.device
     rows = logits.shape[0]
-    valid_rows = (torch.ones(rows, dtype=torch.bool, device=device) if valid is None
-                  else valid.to(device=device, dtype=torch.bool).reshape(rows))
+    valid_rows = (torch.ones(rows, dtype=torch.bool, device=logits.device) if valid is None
+                  else valid.to(device=logits.device, dtype=torch.bool).reshape(rows))
+    with torch.no_grad():
+        g = (torch.sigmoid(logits.detach()) - targets).abs()
+        weights, acc = harmonizing_weights(g, valid_rows, levels, num_levels, bins, momentum, acc_sum)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights.to(logits.dtype)
+    return loss, acc
+
+
+def harmonizing_weights(g: Tensor, valid_rows: Tensor, levels: Tensor | None, num_levels: int, bins: int,
+                        momentum: float, acc_sum: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The gradient-density weights GHM-C and GHM-R share (Li et al., AAAI 2019, Eq. 8 and the
+    authors' mmdetection code), for gradient norms ``g [N, ...]`` in ``[0, 1]``:
+
+        β_i = 1 / (n_l · S_{ind(g_i)}),   S_j ← μ · S_j + (1 - μ) · R_{l,j}  if R_{l,j} > 0
+
+    ``R_{l,j}``: the valid elements of level ``l`` (rows' ``levels``; None: one level) whose ``g``
+    falls in the ``j``-th of ``bins`` equal regions of ``[0, 1]`` (the last one open above);
+    ``n_l``: the level's non-empty regions; levels taken in order, one running average shared by
+    them, started at zero (``momentum = 0``: ``S_j = R_{l,j}``). Invalid rows get 0. The sum of
+    ``β_i · loss_i`` is the loss: each level's ``1/N_l · Σ (N_l / (n_l S)) · loss_i`` summed over
+    levels. Returns ``(β [N, ...], new running average [bins])``; no host synchronization."""
+    device, rows = g.device, g.shape[0]
     if levels is None:
         levels, num_levels = torch.zeros(rows, dtype=torch.int64, device=device), 1
     levels = levels.to(device=device, dtype=torch.int64).reshape(rows)
+    trail = [1] * (g.dim() - 1)
+    inner_edges = torch.arange(1, bins, device=device, dtype=g.dtype) / bins
+    bin_idx = torch.bucketize(g, inner_edges, right=True).clamp_(0, bins - 1)  # region j: [j/M, (j+1)/M)
+    cell = levels.reshape(rows, *trail) * bins + bin_idx  # (level, region)
+    valid_f = valid_rows.reshape(rows, *trail).expand_as(g).to(torch.float32)
+    counts = torch.zeros(num_levels * bins, device=device, dtype=torch.float32).index_add_(
+        0, cell.reshape(-1), valid_f.reshape(-1)).reshape(num_levels, bins)
+    acc = (torch.zeros(bins, device=device, dtype=torch.float32) if acc_sum is None
+           else acc_sum.to(device=device, dtype=torch.float32))
+    per_cell = []
+    for lvl in range(num_levels):  # in order: each level's update feeds the next one's weights
+        r = counts[lvl]
+        hit = r > 0
+        if momentum > 0:
+            acc = torch.where(hit, momentum * acc + (1.0 - momentum) * r, acc)
+            density = acc
+        else:
+            density = r
+        n = hit.sum().clamp(min=1).to(torch.float32)
+        per_cell.append(torch.where(hit, 1.0 / (n * density.clamp(min=1e-12)), torch.zeros_like(r)))
+    weights = torch.stack(per_cell).reshape(-1)[cell] * valid_f
+    return weights, acc.detach()
 
+
+def ghm_r_loss(
+    pred: Tensor,
+    target: Tensor,
+    mu: float = 0.02,
+    bins: int = 10,
+    momentum: float = 0.7,
+    acc_sum: Tensor | None = None,
+    levels: Tensor | None = None,
+    num_levels: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """GHM-R loss (Li, Liu, Wang, AAAI 2019, Sec. "GHM-R Loss"), per coordinate of the positives,
+    as the authors' mmdetection code computes it (their RetinaNet config: ``mu=0.02``, 10 regions,
+    momentum 0.7, loss weight 10). With ``d = pred - target`` (the regression deltas):
+
+        ASL1(d) = sqrt(d² + μ²) - μ                  (the paper's "authentic smooth L1")
+        gr = |∂ASL1/∂d| = |d| / sqrt(d² + μ²)        (its gradient norm, in [0, 1))
+        L_GHM-R = Σ_l Σ_{i∈l} ASL1(d_i) / (n_l · S_{ind(gr_i)})
+
+    with the harmonizing weights of :func:`harmonizing_weights` over the ``4·P_l`` coordinates of
+    level ``l``'s positives (the code's ``tot``: its regression weights are 1 on the positives'
+    four coordinates). The returned per-coordinate loss sums to the loss: the caller does not
+    divide by the number of positives. The weights carry no gradient.
+
+    Args:
+        pred, target: ``[P, 4]`` deltas of the positives.
+        levels: ``[P]`` FPN level of each positive, or None (one histogram).
+
+    Returns:
+        ``(loss [P, 4], new_acc_sum [bins])``.
+    """
+    diff = pred - target.to(pred.dtype)
+    loss = torch.sqrt(diff * diff + mu * mu) - mu
+    rows = pred.shape[0]
     with torch.no_grad():
-        g = (torch.sigmoid(logits.detach()) - targets).abs()
-        inner_edges = torch.arange(1, bins, device=device, dtype=g.dtype) / bins
-        bin_idx = torch.bucketize(g, inner_edges, right=True).clamp_(0, bins - 1)  # region j: [j/M, (j+1)/M)
-        cell = levels.reshape(rows, *([1] * (logits.dim() - 1))) * bins + bin_idx  # (level, region)
-        valid_f = valid_rows.reshape(rows, *([1] * (logits.dim() - 1))).expand_as(g).to(torch.float32)
-        counts = torch.zeros(num_levels * bins, device=device, dtype=torch.float32).index_add_(
-            0, cell.reshape(-1), valid_f.reshape(-1)).reshape(num_levels, bins)
-        acc = (torch.zeros(bins, device=device, dtype=torch.float32) if acc_sum is None
-               else acc_sum.to(device=device, dtype=torch.float32))
-        per_cell = []
-        for lvl in range(num_levels):  # in order: each level's update feeds the next one's weights
-            r = counts[lvl]
-            hit = r > 0
-            if momentum > 0:
-                acc = torch.where(hit, momentum * acc + (1.0 - momentum) * r, acc)
-                density = acc
-            else:
-                density = r
-            n = hit.sum().clamp(min=1).to(torch.float32)
-            per_cell.append(torch.where(hit, 1.0 / (n * density.clamp(min=1e-12)), torch.zeros_like(r)))
-        weights = torch.stack(per_cell).reshape(-1)[cell] * valid_f
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights.to(logits.dtype)
-    return loss, (acc if momentum > 0 else acc.detach()).detach()
+        d = diff.detach()
+        g = d.abs() / torch.sqrt(d * d + mu * mu)
+        weights, acc = harmonizing_weights(g, torch.ones(rows, dtype=torch.bool, device=pred.device), levels,
+                                           num_levels, bins, momentum, acc_sum)
+    return loss * weights.to(loss.dtype), acc
 
 
 def smooth_l1(pred: Tensor, target: Tensor, beta: float = 1.0 / 9.0, per_coordinate: bool = False) -> Tensor:

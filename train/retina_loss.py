@@ -18,7 +18,7 @@ from swdet.boxes import BoxCoder
 from swdet.models import RETINANET_BOX_WEIGHTS
 from swdet.models.anchors import generate_anchors
 from swdet.train.assign import TargetAssigner
-from swdet.train.criterion import ClassificationLoss, WeightedLoss, build_record
+from swdet.train.criterion import ClassificationLoss, RegressionLoss, WeightedLoss, build_record
 from swdet.train.diagnostics import Diagnostics
 
 
@@ -46,8 +46,11 @@ class RetinaNetLoss:
         self.stats_assigner = self.assigner
         self.anchors = anchors.to(device)
         self.cls_loss = classification_loss(cfg, methods.cls_loss)
-        self.criterion = WeightedLoss(self.cls_loss, methods.methods, reg_loss=cfg.loss.reg_loss,
-                                      beta=cfg.loss.smooth_l1_beta, reg_weight=cfg.loss.reg_weight)
+        g = cfg.methods.ghm_r
+        self.reg_loss = RegressionLoss(cfg.loss.reg_loss, beta=cfg.loss.smooth_l1_beta, mu=g.mu, bins=g.bins,
+                                       momentum=g.momentum)
+        self.criterion = WeightedLoss(self.cls_loss, methods.methods, reg_loss=self.reg_loss,
+                                      reg_weight=cfg.loss.reg_weight)
         self.diagnostics = Diagnostics(device)
 
     def __call__(self, outputs, assign, iteration: int):
@@ -60,10 +63,11 @@ class RetinaNetLoss:
         return total, parts
 
     def state_dict(self) -> dict:
-        return {"cls_loss": self.cls_loss.state_dict()}
+        return {"cls_loss": self.cls_loss.state_dict(), "reg_loss": self.reg_loss.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.cls_loss.load_state_dict(state.get("cls_loss", {}))
+        self.reg_loss.load_state_dict(state.get("reg_loss", {}))
 
 
 def build_detector_loss(cfg, methods, device):
