@@ -53,7 +53,7 @@ from _results import result_paths, write_results
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from swdet.config import Config, load_config  # noqa: E402
+from swdet.config import load_config  # noqa: E402
 from swdet.table import format_table  # noqa: E402
 
 RETINA_METHODS = ["focal", "bce", "ghm", "sampling_free", "pisa", "iou_balanced", "noisy_anchors", "swn", "pisa,swn"]
@@ -122,21 +122,21 @@ def record_path(args, spec: str, seed: int) -> Path:
     return args.records / f"{slug(spec)}__seed{seed}.json"
 
 
-# Config entries added after records were written: at their defaults they leave the hash as it
-# was (the recipe is the same), so the committed records stay reusable; set to anything else, they
-# are hashed like every other entry.
-ADDED_LATER = (("methods", "ghm_r"),)
+# Config entries added after records were written, with their values then (frozen here: a later
+# change of the default must change the hash): at those values they leave the hash as it was (the
+# recipe is the same), so the committed records stay reusable; at any other value they are hashed
+# like every other entry.
+ADDED_LATER = {("methods", "ghm_r"): {"mu": 0.02, "bins": 10, "momentum": 0.7}}
 
 
 def settings(args, spec: str) -> dict:
     """What a record must match to be reused: iterations, overrides, the config file and a hash
     of the resolved config (so a changed recipe is rerun, not mixed in). Left out of the hash:
     the seed (a record's own), the data location and loader workers, the time-based checkpoint
-    cadence, and the :data:`ADDED_LATER` entries at their defaults."""
+    cadence, and the :data:`ADDED_LATER` entries at their values then."""
     cfg = config(args.arch, spec, args.data, args.iters, args.sets).to_dict()
-    defaults = Config().to_dict()
-    for section, key in ADDED_LATER:
-        if cfg[section].get(key) == defaults[section][key]:
+    for (section, key), value in ADDED_LATER.items():
+        if cfg[section].get(key) == value:
             cfg[section].pop(key)
     cfg["train"].pop("seed", None)
     cfg["train"].pop("ckpt_minutes", None)  # checkpoint cadence does not change the trained weights

@@ -692,9 +692,10 @@ def validate(cfg: Config, source: str = "config") -> None:
         (cfg.loss.reg_loss in ("smooth_l1", "l1", "giou", "ghm_r"), "loss.reg_loss", "smooth_l1, l1, giou or ghm_r"),
         (cfg.loss.reg_loss != "ghm_r" or not two_stage, "loss.reg_loss",
          "smooth_l1, l1 or giou for a two-stage model (ghm_r is RetinaNet's)"),
-        (cfg.loss.reg_loss != "ghm_r" or "swn" not in {n.strip().lower() for m in cfg.loss.method
-                                                      for n in str(m).split(",")}, "loss.reg_loss",
-         "not ghm_r with swn (GHM-R normalizes itself; SWN's terms need per-sample losses)"),
+        (cfg.loss.reg_loss != "ghm_r" or {n.strip().lower() for m in cfg.loss.method for n in str(m).split(",")}
+         <= {"focal", "bce", "ghm"}, "loss.reg_loss",
+         "ghm_r only with a base loss (focal, bce, ghm): GHM-R normalizes itself, the weighting methods' "
+         "terms need per-positive losses"),
         (cfg.methods.ghm_r.mu > 0, "methods.ghm_r.mu", "positive"),
         (cfg.methods.ghm_r.bins >= 1, "methods.ghm_r.bins", "at least 1"),
         (0 <= cfg.methods.ghm_r.momentum < 1, "methods.ghm_r.momentum", "in [0, 1)"),

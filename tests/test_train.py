@@ -132,7 +132,8 @@ def test_ddp_two_cpu_processes_gloo(synth_data, tmp_path):
     (["--iters", "-5"], "non-negative"),
     (["--method", "focal,bce"], "both base losses"),
     (["--set", "loss.reg_loss=ghm_r", "--model", "faster_rcnn_tiny"], "ghm_r is RetinaNet's"),
-    (["--method", "pisa,swn", "--set", "loss.reg_loss=ghm_r"], "not ghm_r with swn"),
+    (["--method", "pisa,swn", "--set", "loss.reg_loss=ghm_r"], "ghm_r only with a base loss"),
+    (["--method", "pisa", "--set", "loss.reg_loss=ghm_r"], "ghm_r only with a base loss"),
 ])
 def test_bad_training_options_are_one_line(synth_data, tmp_path, capsys, args, needle):
     rc = main(["train", "--data", str(synth_data), "--out", str(tmp_path / "x"), "--iters", "2", *TINY_TRAIN, *args])
