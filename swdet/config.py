@@ -694,8 +694,8 @@ def validate(cfg: Config, source: str = "config") -> None:
          "smooth_l1, l1 or giou for a two-stage model (ghm_r is RetinaNet's)"),
         (cfg.loss.reg_loss != "ghm_r" or {n.strip().lower() for m in cfg.loss.method for n in str(m).split(",")}
          <= {"focal", "bce", "ghm"}, "loss.reg_loss",
-         "ghm_r only with a base loss (focal, bce, ghm): GHM-R normalizes itself, the weighting methods' "
-         "terms need per-positive losses"),
+         "smooth_l1, l1 or giou with a weighting method (ghm_r only with a base loss: focal, bce or ghm; "
+         "it normalizes itself, the methods' terms need per-positive losses)"),
         (cfg.methods.ghm_r.mu > 0, "methods.ghm_r.mu", "positive"),
         (cfg.methods.ghm_r.bins >= 1, "methods.ghm_r.bins", "at least 1"),
         (0 <= cfg.methods.ghm_r.momentum < 1, "methods.ghm_r.momentum", "in [0, 1)"),

@@ -98,7 +98,7 @@ class RegressionLoss:
         levels = None if rec.levels is None else rec.levels[rec.pos_idx]
         loss, self.acc_sum = L.ghm_r_loss(rec.pred_deltas, rec.target_deltas, mu=self.mu, bins=self.bins,
                                           momentum=self.momentum, acc_sum=self.acc_sum, levels=levels,
-                                          num_levels=rec.num_levels if levels is not None else 1)
+                                          num_levels=rec.num_levels)
         return loss
 
     def state_dict(self) -> dict:

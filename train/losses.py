@@ -132,30 +132,30 @@ def ghm_c_loss(
         ``(loss [N, C], new_acc_sum [bins])``; keep ``new_acc_sum`` for the next call.
     """
     targets = targets.to(logits.dtype)
-    rows = logits.shape[0]
-    valid_rows = (torch.ones(rows, dtype=torch.bool, device=logits.device) if valid is None
-                  else valid.to(device=logits.device, dtype=torch.bool).reshape(rows))
     with torch.no_grad():
         g = (torch.sigmoid(logits.detach()) - targets).abs()
-        weights, acc = harmonizing_weights(g, valid_rows, levels, num_levels, bins, momentum, acc_sum)
+        weights, acc = harmonizing_weights(g, valid, levels, num_levels, bins, momentum, acc_sum)
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights.to(logits.dtype)
     return loss, acc
 
 
-def harmonizing_weights(g: Tensor, valid_rows: Tensor, levels: Tensor | None, num_levels: int, bins: int,
+def harmonizing_weights(g: Tensor, valid: Tensor | None, levels: Tensor | None, num_levels: int, bins: int,
                         momentum: float, acc_sum: Tensor | None) -> tuple[Tensor, Tensor]:
     """The gradient-density weights GHM-C and GHM-R share (Li et al., AAAI 2019, Eq. 8 and the
     authors' mmdetection code), for gradient norms ``g [N, ...]`` in ``[0, 1]``:
 
         β_i = 1 / (n_l · S_{ind(g_i)}),   S_j ← μ · S_j + (1 - μ) · R_{l,j}  if R_{l,j} > 0
 
-    ``R_{l,j}``: the valid elements of level ``l`` (rows' ``levels``; None: one level) whose ``g``
+    ``R_{l,j}``: the valid elements (rows where ``valid [N]``; None: all) of level ``l`` (rows'
+    ``levels``; None: one level) whose ``g``
     falls in the ``j``-th of ``bins`` equal regions of ``[0, 1]`` (the last one open above);
     ``n_l``: the level's non-empty regions; levels taken in order, one running average shared by
     them, started at zero (``momentum = 0``: ``S_j = R_{l,j}``). Invalid rows get 0. The sum of
     ``β_i · loss_i`` is the loss: each level's ``1/N_l · Σ (N_l / (n_l S)) · loss_i`` summed over
     levels. Returns ``(β [N, ...], new running average [bins])``; no host synchronization."""
     device, rows = g.device, g.shape[0]
+    valid_rows = (torch.ones(rows, dtype=torch.bool, device=device) if valid is None
+                  else valid.to(device=device, dtype=torch.bool).reshape(rows))
     if levels is None:
         levels, num_levels = torch.zeros(rows, dtype=torch.int64, device=device), 1
     levels = levels.to(device=device, dtype=torch.int64).reshape(rows)
@@ -215,12 +215,10 @@ def ghm_r_loss(
     """
     diff = pred - target.to(pred.dtype)
     loss = torch.sqrt(diff * diff + mu * mu) - mu
-    rows = pred.shape[0]
     with torch.no_grad():
         d = diff.detach()
         g = d.abs() / torch.sqrt(d * d + mu * mu)
-        weights, acc = harmonizing_weights(g, torch.ones(rows, dtype=torch.bool, device=pred.device), levels,
-                                           num_levels, bins, momentum, acc_sum)
+        weights, acc = harmonizing_weights(g, None, levels, num_levels, bins, momentum, acc_sum)
     return loss * weights.to(loss.dtype), acc
 
 
