@@ -12,7 +12,8 @@ trainings finish ~1.7x sooner in total than one on two threads).
 Table (phase 3): per method, mean ± sample std over its seeds of AP, AP50, AP75 and AP at score
 threshold 0.001, and the paired difference to the baseline (``focal`` for RetinaNet, ``random``
 for Faster R-CNN) over the seeds both have: mean and 95 % t-interval (``t_{0.975, n-1}·s/√n``).
-An interval that excludes 0 is a measured difference; 3 seeds give a wide interval.
+An interval that excludes 0 is a measured difference; 3 seeds give a wide interval. The column
+``AP / <baseline>`` is the mean of the per-seed quotients with the same t-interval.
 
 Step time (phase 2, skipped with ``--accuracy-only``): the trainers of all methods step on the
 *same* batches, round-robin, so machine noise hits them equally; each is a median, its ratio to
@@ -103,10 +104,12 @@ def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """Paired difference a - b over the seeds both have: mean, 95 % t-interval, n."""
-    seeds = sorted(set(a) & set(b))
-    d = [a[s] - b[s] for s in seeds]
+def paired(a: dict[int, float], b: dict[int, float], ratio: bool = False) -> dict:
+    """Paired difference a - b (``ratio``: quotient a / b) over the seeds both have: mean,
+    95 % t-interval, n. The quotient's interval is the t-interval of the per-seed ratios
+    ``a_s / b_s``, so "at least 0.8x the baseline" is a statement its lower end can make."""
+    seeds = sorted(s for s in set(a) & set(b) if not ratio or b[s] > 0)
+    d = [a[s] / b[s] if ratio else a[s] - b[s] for s in seeds]
     if len(d) < 2:
         return {"n": len(d), "mean": d[0] if d else None, "lo": None, "hi": None}
     m, sd = statistics.fmean(d), statistics.stdev(d)
@@ -325,6 +328,12 @@ def _delta(d: dict, scale: float = 100.0) -> str | None:
     return f"{d['mean'] * scale:+.1f} [{d['lo'] * scale:+.1f}, {d['hi'] * scale:+.1f}]{mark}"
 
 
+def _ratio(d: dict) -> str | None:
+    if d["mean"] is None:
+        return None
+    return f"{d['mean']:.2f}x" + ("" if d["lo"] is None else f" [{d['lo']:.2f}, {d['hi']:.2f}]")
+
+
 def summarize(specs: list[str], base: str, recs: dict[str, list[dict]], step: dict[str, float]) -> list[dict]:
     def by_seed(spec, key, low=False):
         return {r["seed"]: (r["at_0.001"] if low else r)[key] for r in recs[spec]
@@ -340,6 +349,7 @@ def summarize(specs: list[str], base: str, recs: dict[str, list[dict]], step: di
         row["ΔAP vs " + base] = _delta(paired(by_seed(spec, "AP"), by_seed(base, "AP"))) if spec != base else None
         row["ΔAP@.001"] = (_delta(paired(by_seed(spec, "AP", True), by_seed(base, "AP", True)))
                            if spec != base else None)
+        row["AP / " + base] = _ratio(paired(by_seed(spec, "AP"), by_seed(base, "AP"), ratio=True)) if spec != base else None
         diag = [r["diagnostics"] for r in rs]
 
         def dmean(key):

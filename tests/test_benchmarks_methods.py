@@ -70,3 +70,16 @@ def test_the_committed_tables_still_find_their_records():
         for row in table["rows"]:
             found = methods.load_records(args, row["method"], table["seeds"])
             assert len(found) == row["seeds"], (name, row["method"], len(found))
+
+
+def test_paired_ratio_is_the_t_interval_of_the_per_seed_quotients():
+    """GHM-C's "at least 0.8x focal" rests on this column: hand-computed quotients 0.8, 0.9, 1.0
+    (mean 0.9, sd 0.1, t_{0.975,2} = 4.303): 0.9 ± 4.303 · 0.1 / √3 = [0.652, 1.148]."""
+    methods = load_benchmark("methods")
+    ghm, focal = {0: 0.4, 1: 0.45, 2: 0.6, 3: 0.3}, {0: 0.5, 1: 0.5, 2: 0.6}  # seed 3: no pair
+    d = methods.paired(ghm, focal, ratio=True)
+    assert d["n"] == 3 and abs(d["mean"] - 0.9) < 1e-12
+    assert abs(d["lo"] - 0.6516) < 1e-3 and abs(d["hi"] - 1.1484) < 1e-3
+    assert methods._ratio(d) == "0.90x [0.65, 1.15]"
+    assert methods._ratio(methods.paired({0: 0.3}, {0: 0.6}, ratio=True)) == "0.50x"  # one seed: no interval
+    assert abs(methods.paired(ghm, focal)["mean"] + 0.05) < 1e-12  # the difference: -0.1, -0.05, 0
