@@ -105,9 +105,9 @@ def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def paired(a: dict[int, float], b: dict[int, float], ratio: bool = False) -> dict:
-    """Paired difference a - b (``ratio``: quotient a / b) over the seeds both have: mean,
-    95 % t-interval, n. The quotient's interval is the t-interval of the per-seed ratios
-    ``a_s / b_s``, so "at least 0.8x the baseline" is a statement its lower end can make."""
+    """Paired difference a - b (``ratio``: quotient a / b, over the seeds where b > 0) over the
+    seeds both have: mean, 95 % t-interval, n. The quotient's interval is the t-interval of the
+    per-seed ratios ``a_s / b_s``, so "at least 0.8x the baseline" is a statement its lower end can make."""
     seeds = sorted(s for s in set(a) & set(b) if not ratio or b[s] > 0)
     d = [a[s] / b[s] if ratio else a[s] - b[s] for s in seeds]
     if len(d) < 2:
