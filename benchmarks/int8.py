@@ -9,7 +9,10 @@ AP and AP50 are COCO box AP on ``DATA/val`` through the same host pre/post-proce
 ``swdet eval``. Speed: :func:`swdet.serve.bench.interleaved_latency` times ``infer`` (network +
 baked-in post-processing) of FP32 and INT8 alternately (ABBA rounds) on the same letterboxed
 batch, both with ``--threads`` intra-op threads; ``speedup = 1 / median round ratio`` with its
-95 % bootstrap band; throughput = batch / INT8 latency.
+95 % bootstrap band; throughput = batch / INT8 latency. The batch is the first images of
+``DATA/val`` (``--timing-images val``, default: the post-processing's share of the time depends
+on how many candidates pass the score threshold, so on the images a model was trained for) or
+serve's synthetic scenes (``synthetic``, the tables before 2026-12).
 
     python benchmarks/int8.py --run runs/tiny_focal --data data/synth             # the acceptance table
     python benchmarks/int8.py --run runs/r50_192 --data data/synth --out benchmarks/results/int8_r50
@@ -80,10 +83,11 @@ def evaluate(rt, data: Path, limit: int | None) -> dict:
 def speed(rt_fp32, rt_int8, batch_sizes, args) -> dict:
     from swdet.serve.bench import interleaved_latency
 
+    images = Path(args.data) / "val" if args.timing_images == "val" else None
     out = {}
     for b in batch_sizes:
         lat = interleaved_latency(rt_fp32, rt_int8, batch_size=b, rounds=args.rounds, iters=args.iters,
-                                  warmup=args.warmup)
+                                  warmup=args.warmup, images=images)
         lo, hi = lat["band"]
         out[b] = {"fp32_ms": lat["a_ms"]["median"], "int8_ms": lat["b_ms"]["median"],
                   "speedup": round(1.0 / lat["ratio"], 3), "band": [round(1.0 / hi, 3), round(1.0 / lo, 3)],
@@ -116,7 +120,7 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             res = calibrate(fp32, data / "train", work / f"int8_{method}.onnx", num_images=args.num_images,
                             method=method, percentile=args.percentile, cache=cache, batch_size=args.calib_batch,
-                            rewrite=not args.no_rewrite, head_outputs=args.head_outputs)
+                            rewrite=not args.no_rewrite, head_outputs=args.head_outputs, stem=args.stem)
             calib_s = time.perf_counter() - t0
             rt8 = OnnxRuntime(res.out, device="cpu", intra_op_threads=args.threads)
             acc = evaluate(rt8, data, args.val_limit) if trained else {"AP": None, "AP50": None}
@@ -142,7 +146,9 @@ def run(args) -> dict:
     from swdet.serve.bench import host_info
 
     return {"model": model_name, "imgsz": rt32.imgsz, "trained": trained,
-            "calib_flavour": {"head_outputs": args.head_outputs, "rewrite": not args.no_rewrite}, "run": str(args.run) if trained else None,
+            "calib_flavour": {"head_outputs": args.head_outputs, "rewrite": not args.no_rewrite, "stem": args.stem},
+            "timing_images": args.timing_images,
+            "run": str(args.run) if trained else None,
             "data": str(data), "threads": args.threads, "rounds": args.rounds, "iters": args.iters,
             "batch_sizes": args.batch_sizes, "num_images": args.num_images, "quick": bool(args.quick),
             "host": host_info(), "goals": {"ap_drop_points": 100 * GOAL_AP_DROP, "speedup_batch8": GOAL_SPEEDUP},
@@ -159,10 +165,12 @@ def to_markdown(r: dict) -> str:
     lines = [f"# INT8 vs FP32: {r['model']} @ {r['imgsz']} ({'trained' if r['trained'] else 'random weights'})", "",
              (f"ONNX Runtime {h.get('onnxruntime')} CPU: {h.get('cpu')} ({h.get('cpu_count')} cores, {r['threads']} "
              f"threads). Calibration: {r['num_images']} images of `{r['data']}/train`; AP on `{r['data']}/val` "
-             f"(COCO box AP, points). Latency: median `infer` (network + post-processing) in interleaved FP32/INT8 "
-             f"rounds ({r['rounds']} x {r['iters']}); speedup with its 95 % bootstrap band. Each INT8 row is timed against "
+             f"(COCO box AP, points). Latency: median `infer` (network + post-processing) of "
+             f"{'the first images of `' + str(r['data']) + '/val`' if r.get('timing_images') == 'val' else 'synthetic scenes'}"
+             f" in interleaved FP32/INT8 rounds ({r['rounds']} x {r['iters']}); speedup with its 95 % bootstrap band. Each INT8 row is timed against "
              f"its own interleaved FP32 runs (column `fp32 b{r['batch_sizes'][-1]} ms (paired)`: the speedup's "
-             f"reference); the fp32 row shows the first method's pairing."), "",
+             f"reference); the fp32 row shows the first method's pairing. Calibration flavour: "
+             f"{', '.join(f'{k} {v}' for k, v in (r.get('calib_flavour') or {}).items())}."), "",
              *(["**Quick setting** (`--quick`): a functional check, not a measurement.", ""] if r["quick"] else []),
              *([] if r["trained"] else ["Random weights: AP is not meaningful and not shown (speed and size only).",
                                         ""])]
@@ -207,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--head-outputs", choices=["int8", "float"], default="int8",
                     help="swdet calib --head-outputs: the prediction convolutions' outputs int8 (default) or float")
+    ap.add_argument("--timing-images", choices=["val", "synthetic"], default="val",
+                    help="the timed batch: the first images of DATA/val (default) or serve's synthetic scenes")
+    ap.add_argument("--stem", choices=["float", "int8"], default="float",
+                    help="swdet calib --stem: the image stem convolution float32 (default) or int8")
     ap.add_argument("--no-rewrite", action="store_true",
                     help="swdet calib --no-rewrite: the graph before the int8 rewrites (with --head-outputs float: "
                          "the previous INT8 model)")

@@ -18,7 +18,8 @@ other ``net/<module>`` (``backbone``, ``fpn``) -> that module. A node without su
 inserts: ``ReorderInput``, ``Transpose_token_*``, ...) takes the section of its first input's
 producer, else of its first consumer. Kinds (first match): int8 conv (``QLinearConv``, ...), float
 conv, Q/DQ, layout (``Transpose``/``Reshape``/``Reorder*`` not in the exported graph: ORT's), float
-GroupNorm (``InstanceNormalization`` and the other ops of its module), other. Convolutions ORT runs
+GroupNorm (``InstanceNormalization`` and the other ops of its module, or the ops of its
+channels-last form, ``.../nhwc/...``, from ``swdet calib``'s rewrite), other. Convolutions ORT runs
 as int8 vs float: :func:`swdet.calib.ort_conv_counts`.
 
     python benchmarks/int8_profile.py --run runs/methods/retinanet/focal/seed2 --data data/synth \\
@@ -110,7 +111,7 @@ def kinds(graph, source_names: set[str]) -> dict[str, str]:
         out[n.name] = ("int8 conv" if op in INT8_CONV_OPS else "float conv" if op in FLOAT_CONV_OPS else
                        "Q/DQ" if op in QDQ_OPS else
                        "layout (ORT-inserted)" if op in LAYOUT_OPS and n.name not in source_names else
-                       "float GroupNorm" if n.name.rsplit("/", 1)[0] in gn else "other")
+                       "float GroupNorm" if n.name.rsplit("/", 1)[0] in gn or "/nhwc/" in n.name else "other")
     return out
 
 

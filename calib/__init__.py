@@ -6,12 +6,13 @@ Public API (imported lazily so ``import swdet.calib`` -- and ``swdet --help`` --
     calibrate(model_path, images, out, *, num_images=128, method="percentile", percentile=99.99,
               per_channel=True, exclude=(), cache=None, use_cache=True, report=False,
               report_images=4, batch_size=4, seed=0, verify=True, rewrite=True, head_outputs="int8",
-              progress=False, log=None) -> CalibResult
+              stem="float", progress=False, log=None) -> CalibResult
     load_fp32_model(path) -> (onnx.ModelProto, metadata, bytes)   # validation of the input
     split_network(model) -> Split                                   # network / post-processing
     quantize_network(network, amax, *, per_channel=True, exclude=(), nodes_to_quantize=None,
                      float_outputs=(), one_reader=False) -> onnx.ModelProto
-    rewrite_for_int8(network, keep=()) -> (onnx.ModelProto, RewriteReport)  # exact FP32 rewrites
+    rewrite_for_int8(network, keep=()) -> (onnx.ModelProto, RewriteReport)  # FP32 rewrites
+    stem_convs(network) -> [Conv names]                             # the image stem (<= 4 channels)
     ort_conv_counts(model, int8_allowed=None) -> {"int8", "float", "total", "float_convs", "ops"}
     zero_points(model) -> [(name, elem_type, values)]
     default_cache_path(model_path) -> Path                          # model.onnx -> model.calib.npz
@@ -38,6 +39,8 @@ _EXPORTS = {
     "rewrite_for_int8": "swdet.calib.fusion",
     "merge_sibling_convs": "swdet.calib.fusion",
     "duplicate_shared_convs": "swdet.calib.fusion",
+    "channels_last_group_norms": "swdet.calib.fusion",
+    "stem_convs": "swdet.calib.quantize",
     "ort_conv_counts": "swdet.calib.fusion",
     "ort_optimized_graph": "swdet.calib.fusion",
     "METHODS": "swdet.calib.stats",

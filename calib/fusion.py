@@ -22,8 +22,13 @@ rewrites that compute the same values:
   readers (the top FPN lateral, read by the top-down ``Resize`` and its output convolution;
   ``P6``, read by ``P7``'s ``Relu`` and the head) is copied once per reader, the copies sharing
   the weights. The extra work is that convolution's, once per extra reader (reported).
+* **GroupNorms written channels-last** (:func:`channels_last_group_norms`): ORT runs its int8
+  convolutions in NHWC and transposes around every NCHW-only op; PyTorch's GroupNorm export
+  (``Reshape -> InstanceNormalization``) is one, two full-map transposes per GroupNorm of the
+  RetinaNet head. Rewritten with its statistics as reductions of a channels-last tensor, the
+  transposes cancel. Equal to float32 rounding (a one-pass variance), not bit-exact.
 
-Both keep TensorRT's explicit-quantization rules (the Q/DQ pairs are inserted afterwards by
+All keep TensorRT's explicit-quantization rules (the Q/DQ pairs are inserted afterwards by
 :func:`swdet.calib.quantize.quantize_network` as before; ``Split`` is an ordinary TensorRT
 layer). :func:`ort_conv_counts` reports how many convolutions ONNX Runtime runs as float vs
 int8, from the optimized graph it writes (``SessionOptions.optimized_model_filepath``).
@@ -54,10 +59,11 @@ class RewriteReport:
     merged: list[list[str]] = field(default_factory=list)  # groups of original Conv names
     duplicated: dict[str, int] = field(default_factory=dict)  # Conv name -> extra copies
     extra_macs_per_image: int = 0  # multiply-accumulates the copies add (static shapes)
+    group_norms: int = 0  # GroupNorms rewritten channels-last
 
     def as_dict(self) -> dict:
         return {"merged": self.merged, "duplicated": self.duplicated,
-                "extra_macs_per_image": int(self.extra_macs_per_image)}
+                "extra_macs_per_image": int(self.extra_macs_per_image), "group_norms": self.group_norms}
 
 
 def _attrs(node: onnx.NodeProto) -> tuple:
@@ -208,14 +214,160 @@ def duplicate_shared_convs(model: onnx.ModelProto, keep: set[str] = frozenset(),
     return model
 
 
+def _reduce(op: str, x: str, out: str, axes: list[int], opset: int, name: str):
+    """A keep-dims reduction node (axes an attribute before opset 18, an input from 18 on) and
+    the initializers it needs."""
+    if opset >= 18:
+        a = f"{name}/axes"
+        return [helper.make_node(op, [x, a], [out], name=name, keepdims=1)], [
+            numpy_helper.from_array(np.array(axes, np.int64), a)]
+    return [helper.make_node(op, [x], [out], name=name, axes=list(axes), keepdims=1)], []
+
+
+def _const(inits: dict, name: str) -> np.ndarray | None:
+    return numpy_helper.to_array(inits[name]) if name in inits else None
+
+
+def channels_last_group_norms(model: onnx.ModelProto, report: RewriteReport | None = None) -> onnx.ModelProto:
+    """Every GroupNorm (PyTorch's export: ``Reshape [B, G, -1] -> InstanceNormalization ->
+    Reshape [B, C, H, W] -> Mul gamma -> Add beta``) rewritten to run on a channels-last tensor,
+    so that ONNX Runtime keeps its NHWC int8 layout through the normalization.
+
+    Why: ONNX Runtime runs an int8 ``QLinearConv`` in NHWC and puts a ``Transpose`` before and
+    after every NCHW-only op; ``Reshape -> InstanceNormalization`` is one, so each GroupNorm of
+    the RetinaNet head costs two transposes of a full feature map. Written as::
+
+        t      = Transpose(x, [0, 2, 3, 1])                       # [B, H, W, C]
+        mu_c   = mean_{h,w} t            q_c = mean_{h,w} t^2     # [B, 1, 1, C]
+        mu_g   = mean_{c in g} mu_c      v_g = max(mean_{c in g} q_c - mu_g^2, 0)
+        a_c    = gamma_c / sqrt(v_g + eps)      n_c = mu_g * a_c - beta_c
+        y      = Transpose(t * a_c - n_c, [0, 3, 1, 2])           # = GroupNorm(x)
+
+    the transposes cancel against ONNX Runtime's own, and the statistics are reductions over
+    the leading spatial axes (its fast path). ``y`` is GroupNorm's
+    ``(x - mu_g) / sqrt(v_g + eps) * gamma_c + beta_c`` with the variance in its one-pass form
+    ``E[x^2] - E[x]^2`` (float32 rounding: equal to about 1e-6 of the output on the RetinaNet
+    head; clamped at 0). Where ``x`` is not a ``Split`` output, a one-part ``Split`` goes first:
+    ONNX Runtime's QDQ propagation otherwise moves a DequantizeLinear across the leading
+    ``Transpose`` into a signed Q/DQ pair with three readers, which it cannot convert to the
+    uint8 its convolutions take (measured: 8 more QuantizeLinear / DequantizeLinear pairs).
+    Only the standard ops TensorRT imports (``Transpose``, ``ReduceMean``, ``Split``, ``Reshape``
+    and arithmetic). Returns the model; ``report.group_norms`` counts the rewrites."""
+    model = copy.deepcopy(model)
+    g = model.graph
+    report = report if report is not None else RewriteReport()
+    opset = default_opset(model) or 13
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    cons = consumers(g)
+    producer = {o: n for n in g.node for o in n.output}
+    shapes = _shapes(model)
+
+    def only_reader(name: str, op: str):
+        r = cons.get(name, [])
+        return r[0] if len(r) == 1 and r[0].op_type == op and name not in outputs else None
+
+    replace: dict[int, list[onnx.NodeProto]] = {}
+    drop: set[int] = set()
+    new_inits: list[onnx.TensorProto] = []
+    made: set[str] = set()
+    for r1 in g.node:
+        if r1.op_type != "Reshape" or len(r1.input) < 2:
+            continue
+        norm = only_reader(r1.output[0], "InstanceNormalization")
+        r2 = norm and only_reader(norm.output[0], "Reshape")
+        mul = r2 and only_reader(r2.output[0], "Mul")
+        add = mul and only_reader(mul.output[0], "Add")
+        if add is None:
+            continue
+        gshape = _const(inits, r1.input[1])
+        gamma_name = next((i for i in mul.input if i != r2.output[0]), "")
+        beta_name = next((i for i in add.input if i != mul.output[0]), "")
+        gamma, beta = _const(inits, gamma_name), _const(inits, beta_name)
+        s_in, b_in = (_const(inits, norm.input[k]) if len(norm.input) > k else None for k in (1, 2))
+        x = r1.input[0]
+        dims = shapes.get(x)
+        if (gshape is None or gshape.shape != (3,) or gamma is None or beta is None or s_in is None
+                or b_in is None or not np.all(s_in == 1) or not np.all(b_in == 0) or not dims
+                or len(dims) != 4 or dims[1] is None):
+            continue
+        c, groups = int(dims[1]), int(gshape[1])
+        if groups <= 0 or c % groups or gamma.size != c or beta.size != c:
+            continue
+        eps = float(next((helper.get_attribute_value(a) for a in norm.attribute if a.name == "epsilon"), 1e-5))
+        cg = c // groups
+        # constants shared by every GroupNorm with the same shape (and gamma/beta by every level
+        # sharing the original's): the rewrite adds no weights per level
+        k = f"gn_nhwc/{groups}x{cg}"
+        gk, bk = f"{k}/{gamma_name}", f"{k}/{beta_name}"
+        for name, value in ((f"{k}/one_part", np.array([c], np.int64)),
+                            (f"{k}/groups", np.array([0, groups, cg], np.int64)),
+                            (f"{k}/channels", np.array([0, 1, 1, c], np.int64)),
+                            ("gn_nhwc/zero", np.array(0.0, np.float32)), (f"gn_nhwc/eps{eps:g}", np.array(eps, np.float32)),
+                            (gk, gamma.reshape(groups, cg).astype(np.float32)),
+                            (bk, beta.reshape(groups, cg).astype(np.float32))):
+            if name not in made:
+                made.add(name)
+                new_inits.append(numpy_helper.from_array(value, name))
+        p = (r1.name or r1.output[0]).rsplit("/", 1)[0] + "/nhwc"
+        mk = helper.make_node
+        nodes: list[onnx.NodeProto] = []
+        if producer.get(x) is None or producer[x].op_type != "Split":
+            nodes.append(mk("Split", [x, f"{k}/one_part"], [f"{p}/x"], name=f"{p}/split", axis=1))
+            x = f"{p}/x"
+        t = f"{p}/t"
+        nodes += [mk("Transpose", [x], [t], name=f"{p}/t", perm=[0, 2, 3, 1]),
+                  mk("Mul", [t, t], [f"{p}/t2"], name=f"{p}/t2")]
+        for src, stat in ((t, "m"), (f"{p}/t2", "q")):  # mean and mean square: per channel, per group
+            nn, ii = _reduce("ReduceMean", src, f"{p}/{stat}c", [1, 2], opset, f"{p}/{stat}c")
+            nodes += nn
+            nodes.append(mk("Reshape", [f"{p}/{stat}c", f"{k}/groups"], [f"{p}/{stat}cg"], name=f"{p}/{stat}cg"))
+            nn2, ii2 = _reduce("ReduceMean", f"{p}/{stat}cg", f"{p}/{stat}g", [2], opset, f"{p}/{stat}g")
+            nodes += nn2
+            for t_ in ii + ii2:  # axes initializers (opset 18+), shared
+                if t_.name not in made:
+                    made.add(t_.name)
+                    new_inits.append(t_)
+        nodes += [
+            mk("Mul", [f"{p}/mg", f"{p}/mg"], [f"{p}/m2"], name=f"{p}/m2"),
+            mk("Sub", [f"{p}/qg", f"{p}/m2"], [f"{p}/v0"], name=f"{p}/v0"),
+            mk("Max", [f"{p}/v0", "gn_nhwc/zero"], [f"{p}/v"], name=f"{p}/v"),
+            mk("Add", [f"{p}/v", f"gn_nhwc/eps{eps:g}"], [f"{p}/ve"], name=f"{p}/ve"),
+            mk("Sqrt", [f"{p}/ve"], [f"{p}/sd"], name=f"{p}/sd"),
+            mk("Div", [gk, f"{p}/sd"], [f"{p}/ag"], name=f"{p}/ag"),  # [B, G, C/G]
+            mk("Mul", [f"{p}/mg", f"{p}/ag"], [f"{p}/ma"], name=f"{p}/ma"),
+            mk("Sub", [f"{p}/ma", bk], [f"{p}/ng"], name=f"{p}/ng"),
+            mk("Reshape", [f"{p}/ag", f"{k}/channels"], [f"{p}/a"], name=f"{p}/a"),
+            mk("Reshape", [f"{p}/ng", f"{k}/channels"], [f"{p}/n"], name=f"{p}/n"),
+            mk("Mul", [t, f"{p}/a"], [f"{p}/ta"], name=f"{p}/scale"),
+            mk("Sub", [f"{p}/ta", f"{p}/n"], [f"{p}/y"], name=f"{p}/shift"),
+            mk("Transpose", [f"{p}/y"], [add.output[0]], name=f"{p}/nchw", perm=[0, 3, 1, 2]),
+        ]
+        replace[id(r1)] = nodes
+        drop.update({id(norm), id(r2), id(mul), id(add)})
+        report.group_norms += 1
+    if not replace:
+        return model
+    out: list[onnx.NodeProto] = []
+    for n in g.node:
+        if id(n) in replace:
+            out.extend(replace[id(n)])
+        elif id(n) not in drop:
+            out.append(n)
+    _finish(model, out, new_inits)
+    return model
+
+
 def rewrite_for_int8(model: onnx.ModelProto, keep=()) -> tuple[onnx.ModelProto, RewriteReport]:
-    """:func:`merge_sibling_convs`, then :func:`duplicate_shared_convs` (module docstring).
-    Exact: the FP32 network computes the same outputs. ``keep``: Conv names left alone (e.g.
-    the head's prediction convolutions). Returns ``(model, report)``."""
+    """:func:`merge_sibling_convs`, :func:`duplicate_shared_convs`, then
+    :func:`channels_last_group_norms` (module docstring). The FP32 network computes the same
+    outputs (the last to float32 rounding). ``keep``: Conv names left alone (e.g. the head's
+    prediction convolutions). Returns ``(model, report)``."""
     report = RewriteReport()
     keep = set(keep)
     out = merge_sibling_convs(model, keep, report)
     out = duplicate_shared_convs(out, keep, report)
+    out = channels_last_group_norms(out, report)
     return out, report
 
 
@@ -304,5 +456,5 @@ def ort_conv_counts(model: onnx.ModelProto | str | Path, *, int8_allowed: bool |
             "ops": dict(sorted(ops.items()))}
 
 
-__all__ = ["RewriteReport", "duplicate_shared_convs", "merge_sibling_convs", "ort_conv_counts",
+__all__ = ["RewriteReport", "channels_last_group_norms", "duplicate_shared_convs", "merge_sibling_convs", "ort_conv_counts",
            "ort_optimized_graph", "rewrite_for_int8"]

@@ -95,7 +95,9 @@ def test_zero_points_are_int8_zero_and_weights_int8_per_channel(int8):
                       and inits[n.input[0]].data_type == TensorProto.INT8 and len(inits[n.input[0]].dims) == 4]
     dq_out = {n.output[0] for n in conv_weight_dq}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert all(c.input[1] in dq_out for c in convs)  # every conv has int8 weights (head levels share them)
+    # every conv has int8 weights (head levels share them) but the image stem's (stem="float")
+    stem = [c for c in convs if c.input[1] not in dq_out]
+    assert len(stem) == 1 and "stem.0" in stem[0].name and inits[stem[0].input[1]].data_type == TensorProto.FLOAT
     for dq in conv_weight_dq:
         scale = numpy_helper.to_array(inits[dq.input[1]])
         assert scale.shape == (inits[dq.input[0]].dims[0],)  # one scale per output channel
@@ -136,7 +138,7 @@ def test_metadata_marks_int8_and_calibration(int8):
     assert meta["export"]["precision"] == "int8"
     cal = meta["calibration"]
     assert cal["method"] == "minmax" and cal["num_images"] == 6 and cal["per_channel"] is True
-    assert cal["excluded"] == []
+    assert cal["stem"] == "float" and len(cal["excluded"]) == 1 and "stem.0" in cal["excluded"][0]
 
 
 def test_runs_at_batch_1_and_8_and_tracks_fp32(int8, fp32_onnx, synth_data):
@@ -186,7 +188,7 @@ def test_cache_reused_for_other_settings_without_images(fp32_onnx, calib_images,
     assert w_dq and all(numpy_helper.to_array(inits[n.input[1]]).size == 1 for n in w_dq)  # per tensor
     excluded = [n for n in model.graph.node if "layer1/conv1" in n.name and n.op_type == "Conv"]
     assert excluded and all(i in inits and inits[i].data_type == TensorProto.FLOAT for i in excluded[0].input[1:])
-    assert r.excluded == [excluded[0].name]
+    assert r.excluded[0] == excluded[0].name and len(r.excluded) == 2 and "stem.0" in r.excluded[1]
     # scales differ from the minmax model's (a different method was really applied)
     a = sorted(float(numpy_helper.to_array(t)) for t in onnx.load(str(int8.out)).graph.initializer
                if t.name.endswith("_scale") and not t.dims)
@@ -262,7 +264,8 @@ def test_report_lists_every_layer_worst_first(fp32_onnx, calib_images, tmp_path,
     rows = r.report
     layers = [x for x in rows if x["layer"] != "(all layers)"]
     convs = [n for n in onnx.load(str(tmp_path / "r.onnx")).graph.node if n.op_type == "Conv"]
-    assert len([x for x in layers if x["op"] == "Conv"]) == len(convs)
+    assert len([x for x in layers if x["op"] == "Conv"]) == len(convs) - 1  # the float stem is not listed
+    assert not [x for x in layers if "stem.0" in x["layer"] and x["op"] == "Conv"]
     assert "/net/backbone/layer1/Add" not in [x["layer"] for x in layers]
     snrs = [x["snr_db"] for x in layers]
     assert snrs == sorted(snrs)

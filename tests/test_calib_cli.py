@@ -46,9 +46,23 @@ def test_calib_cli_writes_model_summary_and_json(fp32_onnx, synth_data, tmp_path
     assert "swdet calib" in stdout and "minmax" in stdout
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["num_images"] == 4 and summary["method"] == "minmax" and not summary["cache_hit"]
-    # ONNX Runtime runs every convolution of the default graph as int8 (swdet.calib.fusion)
-    assert summary["ort_convs"]["float"] == 0 and summary["ort_convs"]["int8"] > 0
+    # ONNX Runtime runs every convolution of the default graph as int8 (swdet.calib.fusion) but
+    # the image stem, float by default (--stem float); --stem int8 quantizes it too
+    assert summary["ort_convs"]["float"] == 1 and summary["ort_convs"]["int8"] > 0
     assert "ort convs int8/float" in stdout
+    from swdet.deploy.onnx_meta import read_onnx_metadata
+
+    cal = read_onnx_metadata(onnx.load(str(out)))["calibration"]
+    assert cal["stem"] == "float" and any("stem.0" in n for n in cal["excluded"])
+    stem8 = tmp_path / "stem8.int8.onnx"
+    rc, _, err = _run(capsys, ["calib", str(fp32_onnx), "--images", str(synth_data / "val"), "--out", str(stem8),
+                               "--num-images", "4", "--method", "minmax", "--quiet", "--stem", "int8",
+                               "--cache", str(tmp_path / "c.npz"), "--json", str(tmp_path / "s8.json")])
+    assert rc == 0, err
+    s8 = json.loads((tmp_path / "s8.json").read_text())
+    assert s8["cache_hit"] and s8["ort_convs"]["float"] == 0
+    assert s8["ort_convs"]["int8"] == summary["ort_convs"]["int8"] + 1
+    assert read_onnx_metadata(onnx.load(str(stem8)))["calibration"]["stem"] == "int8"
     # the int8 model goes through the other stages: eval's runtime, export's TensorRT check
     rc, stdout, err = _run(capsys, ["eval", str(out), "--ann", str(synth_data / "annotations" / "instances_val.json"),
                                     "--images", str(synth_data / "val"), "--quiet", "--device", "cpu"])
@@ -72,6 +86,9 @@ def test_calib_cli_flavours(fp32_onnx, synth_data, tmp_path, capsys):
     rc, _, err = _run(capsys, ["calib", str(fp32_onnx), "--images", str(synth_data / "val"), "--out", str(out),
                                "--head-outputs", "int4"])
     assert rc == 2 and "Traceback" not in err and "--head-outputs" in err
+    rc, _, err = _run(capsys, ["calib", str(fp32_onnx), "--images", str(synth_data / "val"), "--out", str(out),
+                               "--stem", "int4"])
+    assert rc == 2 and "Traceback" not in err and "--stem" in err
 
 
 def test_folder_without_images(fp32_onnx, tmp_path, capsys):

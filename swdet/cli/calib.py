@@ -41,13 +41,16 @@ from swdet.cli.common import CONTEXT, write_json
 @click.option("--head-outputs", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
               help="The prediction convolutions' outputs: int8 (a Q/DQ pair, dequantized before the "
                    "post-processing; ONNX Runtime runs them as int8) or float (float32 output).")
+@click.option("--stem", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="The image stem (convolutions reading at most 4 channels): float32 (faster than int8 on x86 "
+                   "CPUs for 3 input channels) or int8.")
 @click.option("--no-rewrite", is_flag=True,
-              help="Skip the exact graph rewrites that let ONNX Runtime run every quantized convolution as int8 "
-                   "(sibling convolutions merged, shared outputs duplicated).")
+              help="Skip the graph rewrites that let ONNX Runtime run every quantized convolution as int8 "
+                   "(sibling convolutions merged, shared outputs duplicated, GroupNorms channels-last).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write a summary of the run as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def calib(model, images, out, num_images, method, percentile, per_channel, exclude, report, report_images, cache,
-          no_cache, batch_size, seed, head_outputs, no_rewrite, json_out, quiet):
+          no_cache, batch_size, seed, head_outputs, stem, no_rewrite, json_out, quiet):
     """Calibrate MODEL (an fp32 .onnx from 'swdet export') on images and write an INT8 model
     with QuantizeLinear/DequantizeLinear pairs for TensorRT's explicit quantization:
     symmetric int8 (zero points 0), per-channel weights, Q/DQ on the convolution inputs and
@@ -74,7 +77,7 @@ def calib(model, images, out, num_images, method, percentile, per_channel, exclu
     result = calibrate(model, images, out, num_images=num_images, method=method, percentile=percentile,
                        per_channel=per_channel, exclude=list(exclude), cache=cache, use_cache=not no_cache,
                        report=report, report_images=report_images, batch_size=batch_size, seed=seed,
-                       rewrite=not no_rewrite, head_outputs=head_outputs, progress=not quiet, log=log)
+                       rewrite=not no_rewrite, head_outputs=head_outputs, stem=stem, progress=not quiet, log=log)
     if result.report:
         from swdet.calib.report import format_report
 

@@ -357,7 +357,7 @@ class RPNHead(nn.Module):
 
     def _flatten(self, x: Tensor, k: int) -> Tensor:
         b, _, h, w = x.shape
-        return x.view(b, self.num_anchors, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * self.num_anchors, k)
+        return x.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, k)  # = view(b, A, k, h, w), (h, w, A) order
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []

@@ -120,8 +120,11 @@ class RetinaNetHead(nn.Module):
         self.cls_logits.bias.fill_(prior_bias(prior_prob))
 
     def _flatten(self, x: Tensor, k: int) -> Tensor:
+        """``[B, A*K, H, W] -> [B, H*W*A, K]`` (channel ``a*K + k``; anchors in (h, w, a) order):
+        one channels-last permute, which ONNX Runtime cancels against the NHWC layout of its int8
+        convolutions (a 5-D permute of ``[B, A, K, H, W]`` computes the same and cannot cancel)."""
         b, _, h, w = x.shape
-        return x.view(b, self.num_anchors, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * self.num_anchors, k)
+        return x.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, k)
 
     def forward(self, feats: list[Tensor]) -> dict[str, list[Tensor]]:
         cls, box = [], []
