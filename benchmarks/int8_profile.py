@@ -73,6 +73,8 @@ def name_section(name: str) -> str | None:
     if m is None:
         return None
     part = m.group(1)
+    if re.match(r"(cls_logits|bbox_deltas)_p\d", part):  # the boundary tensors' own Q/DQ nodes
+        return "head: outputs"
     if part == "head":
         return ("head: cls tower" if re.search(r"cls_(subnet|logits)", name) else
                 "head: box tower" if re.search(r"box_subnet|bbox_pred", name) else "head: outputs")

@@ -73,6 +73,14 @@ class ExportSettings:
         return BATCH_DIM if self.dynamic else self.batch
 
 
+def as_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32: cast only what is not float32 already (an fp16 export). ``t.float()`` on
+    a float32 tensor is free in eager mode but the ONNX tracer still writes a ``Cast`` node, which
+    ONNX Runtime leaves in an INT8 graph after the head outputs' DequantizeLinear (7 ms per batch
+    of 8 on retinanet_r50_fpn at 320 px, measured)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def _parse_batch(batch) -> int | str:
     if isinstance(batch, str):
         if batch.strip().lower() == "dynamic":

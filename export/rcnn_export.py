@@ -47,7 +47,7 @@ from torch import nn
 
 from swdet.deploy.graph import static_reshapes, tidy_graph
 from swdet.errors import SwdetError
-from swdet.export.network import ExportSettings, export_dense, export_module, finish_graph, network_copy
+from swdet.export.network import ExportSettings, as_float32, export_dense, export_module, finish_graph, network_copy
 from swdet.export.onnx_postprocess import GraphBuilder, anchor_constants, build_nms
 
 MIN_RCNN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (half_pixel = aligned=True)
@@ -65,8 +65,8 @@ class DenseStage(nn.Module):
 
     def forward(self, images):
         out = self.net(images)
-        return (tuple(t[..., 0].float() for t in out["rpn_logits"]) + tuple(t.float() for t in out["rpn_deltas"])
-                + tuple(t.float() for t in out["features"]))
+        return (tuple(as_float32(t[..., 0]) for t in out["rpn_logits"]) + tuple(as_float32(t) for t in out["rpn_deltas"])
+                + tuple(as_float32(t) for t in out["features"]))
 
 
 class BoxStage(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from torch import nn
 
-from swdet.export.network import ExportSettings, export_dense, finish_graph, network_copy
+from swdet.export.network import ExportSettings, as_float32, export_dense, finish_graph, network_copy
 from swdet.export.onnx_postprocess import GraphBuilder, LevelSpec, build_candidates, build_nms
 
 
@@ -26,7 +26,7 @@ class ExportNetwork(nn.Module):
 
     def forward(self, images):
         out = self.net(images)
-        return tuple(t.float() for t in out["cls_logits"]) + tuple(t.float() for t in out["bbox_deltas"])
+        return tuple(as_float32(t) for t in out["cls_logits"]) + tuple(as_float32(t) for t in out["bbox_deltas"])
 
 
 def level_specs(cfg, names_cls, names_box, pre_nms_topk: int, imgsz: int) -> list[LevelSpec]:

@@ -22,6 +22,8 @@ def test_quick_mode_profiles_both_graphs(tmp_path):
         for key in ("by_section", "by_kind", "by_op"):  # each a partition of the kernel time
             assert abs(sum(g[key].values()) - g["kernel_ms"]) <= 0.001 * len(g[key]) + 1e-9, (name, key)
         assert "unassigned" not in g["by_section"], name
+        assert set(g["by_section"]) <= {"input normalization", "backbone", "fpn", "head: cls tower",
+                                        "head: box tower", "head: outputs", "post-processing"}, name
         assert {"backbone", "fpn", "head: cls tower", "head: box tower", "post-processing"} <= set(g["by_section"])
     f32, i8 = r["graphs"]["fp32"], r["graphs"]["int8"]
     # ORT runs every convolution of the FP32 graph as float and, after swdet calib's rewrites,

@@ -318,3 +318,70 @@ def test_group_norms_keep_the_int8_layout(flavours, fp32_onnx, synth_data, tmp_p
     assert new["Transpose"] <= old["Transpose"] - 2 * 16 + 8  # 16 GroupNorms; 8 one-part Splits
     qdq = ("QuantizeLinear", "DequantizeLinear")
     assert sum(new.get(k, 0) for k in qdq) <= sum(old.get(k, 0) for k in qdq)
+
+
+def test_int8_forks_are_exact_and_leave_no_float_relu(flavours, fp32_onnx, synth_data, tmp_path, monkeypatch):
+    """A block output read by two quantizers forks on int8 (``LeakyRelu -> Q/DQ -> Tile -> Q/DQ
+    -> Split``): the outputs equal those of the same calibration without the forks, bit for bit,
+    and ONNX Runtime runs no float ReLU and fewer Q/DQ nodes."""
+    import swdet.calib.quantize as Q
+    from swdet.calib import calibrate, ort_conv_counts
+    from swdet.calib.quantize import split_network
+    from swdet.deploy.onnx_meta import read_onnx_metadata
+    from swdet.preprocess import list_images, prepare_batch
+
+    after = onnx.load(str(flavours[1].out))
+    forks = read_onnx_metadata(after)["calibration"]["int8_forks"]
+    assert forks > 0 and forks == sum(1 for n in after.graph.node if n.op_type == "Tile")
+    monkeypatch.setattr(Q, "_int8_forks", lambda model: 0)
+    plain = calibrate(fp32_onnx, synth_data / "train", tmp_path / "plain.onnx", num_images=4, method="minmax",
+                      cache=flavours[1].cache, verify=False)
+    plain_model = onnx.load(str(plain.out))
+    x = prepare_batch(list_images(synth_data / "val")[:4], IMGSZ).images.astype(np.float32)
+    s_fork, s_plain = split_network(after), split_network(plain_model)
+    for a, b in zip(_run(s_fork.network, s_fork.boundary, x), _run(s_plain.network, s_plain.boundary, x)):
+        np.testing.assert_array_equal(a, b)
+    ops_fork, ops_plain = ort_conv_counts(after)["ops"], ort_conv_counts(plain_model)["ops"]
+    assert ops_plain.get("Relu", 0) >= forks and ops_fork.get("Relu", 0) == ops_plain["Relu"] - forks
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    assert sum(ops_fork.get(k, 0) for k in qdq) < sum(ops_plain.get(k, 0) for k in qdq)
+    assert ops_fork.get("Tile", 0) == forks  # the Tiles run on int8 (no Q/DQ around them left)
+
+
+def test_int8_forks_only_where_every_reader_quantizes_at_one_scale():
+    """No fork for a ReLU read by one Q, by Qs of different scales, or by a float op."""
+    from onnx import TensorProto, helper
+
+    from swdet.calib.quantize import _int8_forks
+
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    s2 = helper.make_tensor("s2", TensorProto.FLOAT, [], [0.2])
+    z = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
+    outs = []
+    for name, readers in (("fork", ("s", "s")), ("one", ("s",)), ("two_scales", ("s", "s2")), ("float", ())):
+        nodes.append(helper.make_node("Relu", ["xd"], [f"{name}_y"], name=name))
+        for i, sc in enumerate(readers):
+            nodes.append(helper.make_node("QuantizeLinear", [f"{name}_y", sc, "z"], [f"{name}_q{i}"]))
+            outs.append(helper.make_tensor_value_info(f"{name}_q{i}", TensorProto.INT8, [1, 4]))
+        if not readers:
+            nodes += [helper.make_node("QuantizeLinear", [f"{name}_y", "s", "z"], [f"{name}_q"]),
+                      helper.make_node("Abs", [f"{name}_y"], [f"{name}_abs"])]
+            outs += [helper.make_tensor_value_info(f"{name}_q", TensorProto.INT8, [1, 4]),
+                     helper.make_tensor_value_info(f"{name}_abs", TensorProto.FLOAT, [1, 4])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, [s, s2, z]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(model)
+    assert _int8_forks(model) == 1
+    kinds = {n.name: n.op_type for n in model.graph.node if n.name in ("fork", "one", "two_scales", "float")}
+    assert kinds == {"fork": "LeakyRelu", "one": "Relu", "two_scales": "Relu", "float": "Relu"}
+    onnx.checker.check_model(model, full_check=True)
+    import onnxruntime as ort
+
+    xv = np.array([[-1.0, 0.05, 0.31, 2.0]], np.float32)
+    got = dict(zip([o.name for o in model.graph.output],
+                   ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": xv})))
+    np.testing.assert_array_equal(got["fork_q0"], got["fork_q1"])
+    np.testing.assert_array_equal(got["fork_q0"], got["one_q0"])  # the fork quantizes as the plain ReLU does
