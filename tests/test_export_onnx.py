@@ -134,6 +134,19 @@ def test_graph_passes_checker_and_follows_contract(dynamic_onnx):
     assert first and set(first) <= {"Sub", "Mul", "Div", "Cast"}
 
 
+def test_network_part_has_no_float_to_float_cast(dynamic_onnx, artifact, tmp_path):
+    """The network's float32 outputs are not cast to float32 again (a no-op ONNX Runtime keeps
+    after an INT8 model's DequantizeLinear); an fp16 export still casts them to float32."""
+    from swdet.calib import split_network
+
+    net = split_network(onnx.load(str(dynamic_onnx))).network
+    assert not [n.name for n in net.graph.node if n.op_type == "Cast"]
+    fp16 = split_network(onnx.load(str(export_onnx(artifact, tmp_path / "h.onnx", precision="fp16")))).network
+    to_float = [n for n in fp16.graph.node if n.op_type == "Cast"
+                and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
+    assert len(to_float) >= len(fp16.graph.output)
+
+
 def test_metadata_props_roundtrip(artifact, dynamic_onnx):
     _, meta = load_artifact(artifact)
     stored = read_onnx_metadata(dynamic_onnx)
