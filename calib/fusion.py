@@ -271,6 +271,7 @@ def channels_last_group_norms(model: onnx.ModelProto, report: RewriteReport | No
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
     made: set[str] = set()
+    prefixes: set[str] = set()
     for r1 in g.node:
         if r1.op_type != "Reshape" or len(r1.input) < 2:
             continue
@@ -309,7 +310,11 @@ def channels_last_group_norms(model: onnx.ModelProto, report: RewriteReport | No
             if name not in made:
                 made.add(name)
                 new_inits.append(numpy_helper.from_array(value, name))
-        p = (r1.name or r1.output[0]).rsplit("/", 1)[0] + "/nhwc"
+        base = (r1.name or r1.output[0]).rsplit("/", 1)[0] + "/nhwc"
+        p, k2 = base, 1
+        while p in prefixes:  # two GroupNorms named in one module: a unique prefix each
+            p, k2 = f"{base}{k2}", k2 + 1
+        prefixes.add(p)
         mk = helper.make_node
         nodes: list[onnx.NodeProto] = []
         if producer.get(x) is None or producer[x].op_type != "Split":

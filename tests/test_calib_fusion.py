@@ -288,6 +288,31 @@ def test_channels_last_group_norm_equals_torch(opset, after_split):
     assert not np.allclose(got, x)  # it normalized
 
 
+def test_two_group_norms_in_one_module_get_their_own_names():
+    """Two GroupNorms whose nodes share a module prefix (``gn/Reshape``, ``gn/Reshape_1``): both
+    rewritten, with distinct node and tensor names (the checker rejects duplicates)."""
+    from swdet.calib import channels_last_group_norms
+    from swdet.calib.fusion import RewriteReport
+
+    model, _, _ = _group_norm_model(8, 2, (4, 4), 17, False)
+    g = model.graph
+    second = [onnx.NodeProto() for _ in range(5)]
+    for dst, src in zip(second, [n for n in g.node if n.op_type != "Split"]):
+        dst.CopyFrom(src)
+        dst.input[0] = {"x": "y"}.get(dst.input[0], dst.input[0] + "_2")
+        dst.output[0] = dst.output[0] + "_2" if dst.output[0] != "y" else "y2"
+        dst.name = (dst.name + "_1") if dst.name else ""
+    g.node.extend(second)
+    g.output[0].name = "y2"
+    model = onnx.shape_inference.infer_shapes(model)
+    report = RewriteReport()
+    out = channels_last_group_norms(model, report)
+    assert report.group_norms == 2
+    onnx.checker.check_model(out, full_check=True)
+    names = [n.name for n in out.graph.node if n.name]
+    assert len(names) == len(set(names))
+
+
 def test_channels_last_group_norm_leaves_other_patterns():
     """A ``Reshape -> InstanceNormalization`` with a learned InstanceNorm scale is not PyTorch's
     GroupNorm pattern: left as it is."""
