@@ -168,15 +168,8 @@ def merge_sibling_convs(model: onnx.ModelProto, keep: set[str] = frozenset(),
         replace[id(first)] = new
         drop.update(id(c) for c in convs[1:])
         report.merged.append([c.name for c in convs])
-    if not replace:
-        return model
-    nodes: list[onnx.NodeProto] = []
-    for n in g.node:
-        if id(n) in replace:
-            nodes.extend(replace[id(n)])
-        elif id(n) not in drop:
-            nodes.append(n)
-    _finish(model, nodes, new_inits)
+    if replace:
+        _splice(model, replace, drop, new_inits)
     return model
 
 
@@ -351,15 +344,8 @@ def channels_last_group_norms(model: onnx.ModelProto, report: RewriteReport | No
         replace[id(r1)] = nodes
         drop.update({id(norm), id(r2), id(mul), id(add)})
         report.group_norms += 1
-    if not replace:
-        return model
-    out: list[onnx.NodeProto] = []
-    for n in g.node:
-        if id(n) in replace:
-            out.extend(replace[id(n)])
-        elif id(n) not in drop:
-            out.append(n)
-    _finish(model, out, new_inits)
+    if replace:
+        _splice(model, replace, drop, new_inits)
     return model
 
 
@@ -374,6 +360,19 @@ def rewrite_for_int8(model: onnx.ModelProto, keep=()) -> tuple[onnx.ModelProto, 
     out = duplicate_shared_convs(out, keep, report)
     out = channels_last_group_norms(out, report)
     return out, report
+
+
+def _splice(model: onnx.ModelProto, replace: dict[int, list[onnx.NodeProto]], drop: set[int],
+            new_inits: list[onnx.TensorProto]) -> None:
+    """Each node whose ``id`` is in ``replace`` -> its replacement nodes, those in ``drop`` removed,
+    then :func:`_finish`."""
+    nodes: list[onnx.NodeProto] = []
+    for n in model.graph.node:
+        if id(n) in replace:
+            nodes.extend(replace[id(n)])
+        elif id(n) not in drop:
+            nodes.append(n)
+    _finish(model, nodes, new_inits)
 
 
 def _finish(model: onnx.ModelProto, nodes: list[onnx.NodeProto], new_inits: list[onnx.TensorProto]) -> None:

@@ -83,7 +83,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from swdet.deploy.graph import check_model, consumers, drop_unused_initializers
+from swdet.deploy.graph import check_model, consumers, default_opset, drop_unused_initializers
 from swdet.errors import SwdetError
 
 BOUNDARY_PREFIX = "net/"
@@ -438,7 +438,7 @@ def _int8_forks(model: onnx.ModelProto) -> int:
     producer = {o: n for n in g.node for o in n.output}
     cons = consumers(g)
     outputs = {o.name for o in g.output}
-    opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = default_opset(model) or 13
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(g.value_info) + list(g.input)
              if v.type.tensor_type.HasField("shape")}
     after: dict[int, list[onnx.NodeProto]] = {}
@@ -522,7 +522,7 @@ def _int8_splits(model: onnx.ModelProto) -> int:
         if all(np.array_equal(numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(scale)) for (q,) in qs):
             continue  # already one scale (an _int8_forks Split)
         for (q,) in qs:
-            users = [n for n in g.node if q.input[1] in n.input]
+            users = cons.get(q.input[1], [])
             if any(u is not q and not (u.op_type == "DequantizeLinear" and u.input[0] == q.output[0]) for u in users):
                 break  # the scale initializer is shared beyond this pair: leave the Split float
         else:
